@@ -1,0 +1,34 @@
+"""Every default in one place, each with its unit (seconds unless the name says otherwise)."""
+
+# Scheduler
+INTERVAL = 1.0  # s between cycles
+STALE_AFTER = 10.0  # s without a new beat before a worker is stale
+WARN_AFTER = 30.0  # s of staleness before the one WARNING of an episode
+IDLE_CONFIRM = 2  # consecutive idle cycles, same task high-water mark, before saying idle
+HUD_EVERY = 1.0  # s between HUD log lines, never more often
+LATE_FACTOR = 2.0  # a cycle later than this many intervals means the scheduler was paused
+SCHEDULER_BUSY_TIMEOUT = 0.25  # s the scheduler waits for the write lock before skipping a write
+WAL_WARN_BYTES = 64 * 1024 * 1024  # the scheduler warns once when the WAL grows past this
+
+# Worker heartbeat
+MIN_INTERVAL = 0.5  # s: a repeated beat with the same category inside this writes nothing
+WORKER_BUSY_TIMEOUT = 0.1  # s a beat waits for the write lock before it is dropped
+MISSED_LOG_EVERY = 60.0  # s between log lines about dropped beats
+
+# Connections
+INIT_BUSY_TIMEOUT = 30.0  # s init_db and people's tools wait for the lock
+READ_BUSY_TIMEOUT = 5.0  # s a read-only connection waits (WAL recovery, checkpoints)
+# WAL checkpoints are kept off the workers' path: the scheduler checkpoints (PASSIVE) every
+# cycle; worker connections only checkpoint past this far-away fallback so that the WAL stays
+# bounded while the scheduler is dead.
+WORKER_AUTOCHECKPOINT_PAGES = 8000  # about 32 MiB at 4 KiB pages
+SCHEDULER_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
+JOURNAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024  # the WAL is truncated back to this after a reset
+
+# Main process
+IDLE_POLL = 0.1  # s between looks at the idle row in wait_idle
+
+
+def fresh_for(interval: float) -> float:
+    """How long (s) a scheduler heartbeat stays fresh: an older idle row never reads as idle."""
+    return max(3 * interval, interval + 2.0)

@@ -1,0 +1,179 @@
+"""Engines and connections: the one place that knows about SQLite pragmas and URIs.
+
+Every other module gets an engine from `engine()` and a transaction from `read()` or
+`write()`, so that another backend is a change of URL.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+
+from . import config
+from .errors import DatabaseError, DatabaseMissing
+
+Role = Literal["admin", "scheduler", "worker", "read"]
+
+# How each role opens the file, how long it waits for a lock (s), and how far its WAL may grow
+# before it checkpoints by itself (pages). Only admin may create the file.
+_MODES = {"admin": "rwc", "scheduler": "rw", "worker": "rw", "read": "ro"}
+_BUSY = {
+    "admin": config.INIT_BUSY_TIMEOUT,
+    "scheduler": config.SCHEDULER_BUSY_TIMEOUT,
+    "worker": config.WORKER_BUSY_TIMEOUT,
+    "read": config.READ_BUSY_TIMEOUT,
+}
+_AUTOCHECKPOINT = {
+    "admin": config.SCHEDULER_AUTOCHECKPOINT_PAGES,
+    "scheduler": config.SCHEDULER_AUTOCHECKPOINT_PAGES,
+    "worker": config.WORKER_AUTOCHECKPOINT_PAGES,
+}
+
+
+def to_url(db: str | os.PathLike[str] | URL) -> URL:
+    """An SQLAlchemy URL for a file path or a URL string."""
+    if isinstance(db, URL):
+        return db
+    text = os.fspath(db)
+    if "://" in text:
+        return sa.make_url(text)
+    # Built field by field, so that '?' and '#' in a file name stay part of the path.
+    return URL.create("sqlite", database=str(Path(text).expanduser().absolute()))
+
+
+def url_text(db: str | os.PathLike[str] | URL) -> str:
+    """The URL as a plain string that survives pickling into a spawned process."""
+    url = to_url(db)
+    path = sqlite_path(url)
+    if path is not None:
+        return path  # a plain path: no URL quoting rules to get wrong
+    return url.render_as_string(hide_password=False)
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: URL) -> str | None:
+    """The database file of an SQLite URL, or None for memory databases and other backends."""
+    if not is_sqlite(url):
+        return None
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return str(Path(database).absolute())
+
+
+def engine(db: str | os.PathLike[str] | URL, role: Role, **kwargs: object) -> Engine:
+    """An engine for `role`; for SQLite, the file is opened with the role's mode and pragmas."""
+    url = to_url(db)
+    path = sqlite_path(url)
+    if path is None:
+        return sa.create_engine(url, **kwargs)  # type: ignore[arg-type]
+    if role != "admin" and not os.path.exists(path):
+        raise DatabaseMissing(f"{path}: no such database (create it with `sqlmon init`)")
+    if os.path.isdir(path):
+        raise DatabaseError(f"{path}: is a directory, not a database")
+    uri = URL.create(
+        "sqlite",
+        database=f"file:{quote(path, safe='/')}?mode={_MODES[role]}",
+        query={"uri": "true"},
+    )
+    eng = sa.create_engine(uri, connect_args={"timeout": _BUSY[role]}, **kwargs)  # type: ignore[arg-type]
+    _configure_sqlite(eng, role)
+    return eng
+
+
+def _configure_sqlite(eng: Engine, role: Role) -> None:
+    busy_ms = int(_BUSY[role] * 1000)
+
+    @event.listens_for(eng, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        # SQLAlchemy's documented pysqlite recipe: turn off the driver's own transaction
+        # handling, so that BEGIN is emitted by us (below) and DDL runs inside transactions.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            if role == "read":
+                cur.execute("PRAGMA query_only = 1")
+                return
+            if role in ("admin", "scheduler"):
+                mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise DatabaseError(
+                        f"WAL journal mode did not engage (got {mode!r}); sqlmon needs WAL"
+                    )
+            # NORMAL is durable against a killed process in WAL mode; only power loss can
+            # drop the last commits, never corrupt the file.
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT[role]}")
+            cur.execute(f"PRAGMA journal_size_limit = {config.JOURNAL_SIZE_LIMIT_BYTES}")
+        finally:
+            cur.close()
+
+    @event.listens_for(eng, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A read-then-write transaction must take the write lock up front: a deferred one that
+        # upgrades later fails at once with SQLITE_BUSY, whatever the busy timeout.
+        conn.exec_driver_sql(
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlmon_write") else "BEGIN"
+        )
+
+
+@contextmanager
+def read(conn: Connection) -> Iterator[Connection]:
+    """One read transaction: a consistent snapshot, ended promptly (an open read pins the WAL)."""
+    with conn.begin():
+        yield conn
+
+
+@contextmanager
+def write(conn: Connection) -> Iterator[Connection]:
+    """One write transaction that holds the write lock from its first statement."""
+    conn.execution_options(sqlmon_write=True)
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.execution_options(sqlmon_write=False)
+
+
+def _pragma(conn: Connection, sql: str) -> list[tuple[object, ...]]:
+    # On the driver's connection, outside any transaction: through SQLAlchemy, the statement
+    # would autobegin one, and a checkpoint inside a read transaction cannot pass its snapshot.
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return cur.execute(sql).fetchall()
+    finally:
+        cur.close()
+
+
+def checkpoint(conn: Connection) -> None:
+    """Move WAL content into the database without waiting for anyone (SQLite only)."""
+    if conn.dialect.name == "sqlite" and not conn.in_transaction():
+        _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def set_busy_timeout(conn: Connection, seconds: float) -> None:
+    """How long this connection waits for a lock before giving up (SQLite only)."""
+    if conn.dialect.name == "sqlite":
+        _pragma(conn, f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+
+def wal_size(url: URL) -> int:
+    """Bytes in the -wal file beside an SQLite database, 0 when there is none."""
+    path = sqlite_path(url)
+    try:
+        return os.path.getsize(path + "-wal") if path else 0
+    except OSError:
+        return 0

@@ -1,0 +1,219 @@
+"""`sqlmon demo`: a dashcam-like pipeline on the bundled task table, watched by the scheduler.
+
+GPU workers run VEHICLE_DETECT -> PLATE_DETECT -> OCR per frame and CPU workers PLATE_SMOOTH ->
+SUMMARY; each task enqueues its successor in the same transaction that marks it done. The
+worker functions are plain module-level functions so that spawn and forkserver can import them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import db as dbmod
+from .heartbeat import Heartbeat
+from .idle import wait_idle
+from .migrate import init_db
+from .scheduler import Scheduler
+from .schema import tasks
+
+log = logging.getLogger(__name__)
+
+GPU, CPU = "gpu", "cpu"
+NEXT = {
+    "VEHICLE_DETECT": "PLATE_DETECT",
+    "PLATE_DETECT": "OCR",
+    "OCR": "PLATE_SMOOTH",
+    "PLATE_SMOOTH": "SUMMARY",
+}
+POOL = {"VEHICLE_DETECT": GPU, "PLATE_DETECT": GPU, "OCR": GPU, "PLATE_SMOOTH": CPU, "SUMMARY": CPU}
+WORK_SECONDS = {  # mean simulated work per task at --length 1
+    "VEHICLE_DETECT": 0.08,
+    "PLATE_DETECT": 0.06,
+    "OCR": 0.05,
+    "PLATE_SMOOTH": 0.12,
+    "SUMMARY": 0.2,
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    db: str
+    gpu_workers: int = 3
+    cpu_workers: int = 5
+    videos: int = 3
+    frames: int = 8
+    length: float = 1.0  # scales every task's simulated work
+    stuck: bool = False
+    interval: float = 0.5
+    stale_after: float = 3.0
+    warn_after: float = 5.0
+    timeout: float = 120.0  # s to wait for idle before giving up
+    start_method: str | None = None
+
+
+def enqueue(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    with dbmod.write(conn):
+        conn.execute(sa.insert(tasks), rows)
+
+
+def workload(videos: int, frames: int, now: float) -> list[dict[str, Any]]:
+    """One VEHICLE_DETECT task per frame of each video; the rest follow as tasks complete."""
+    return [
+        {"category": "VEHICLE_DETECT", "pool": GPU, "created_at": now,
+         "payload": f"video-{v + 1}/frame-{f + 1:03d}"}
+        for v in range(videos)
+        for f in range(frames)
+    ]
+
+
+_CLAIM = (
+    sa.update(tasks)
+    .where(
+        tasks.c.id
+        == sa.select(tasks.c.id)
+        .where(tasks.c.status == "pending", tasks.c.pool == sa.bindparam("b_pool"))
+        .order_by(tasks.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    .values(status="running", worker_id=sa.bindparam("b_worker"), started_at=sa.bindparam("b_now"))
+    .returning(tasks.c.id, tasks.c.category, tasks.c.payload)
+)
+
+
+def claim(conn: sa.Connection, worker_id: str, pool: str) -> tuple[int, str, str] | None:
+    """Take the oldest pending task of `pool`, atomically."""
+    with dbmod.write(conn):
+        row = conn.execute(_CLAIM, {"b_pool": pool, "b_worker": worker_id, "b_now": time.time()}).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def complete(conn: sa.Connection, task_id: int, category: str, payload: str) -> None:
+    """Mark a task done and enqueue its successor, in one transaction: never a gap to see."""
+    now = time.time()
+    with dbmod.write(conn):
+        conn.execute(
+            sa.update(tasks).where(tasks.c.id == task_id).values(status="done", finished_at=now)
+        )
+        successor = NEXT.get(category)
+        if successor == "SUMMARY":
+            # One summary per video, once its last frame is smoothed.
+            video = payload.split("/")[0]
+            active = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tasks)
+                .where(tasks.c.status.in_(("pending", "running")),
+                       tasks.c.payload.like(f"{video}/%"))
+            ).scalar_one()
+            if active:
+                return
+            payload = video
+        if successor is not None:
+            conn.execute(
+                sa.insert(tasks).values(category=successor, pool=POOL[successor],
+                                        created_at=now, payload=payload)
+            )
+
+
+def worker_main(
+    db: str, worker_id: str, pool: str, terminate: Any, length: float, hang: float
+) -> None:
+    """A demo worker: claim, beat, work, complete; beat while idle; exit on terminate."""
+    hb = Heartbeat(db, worker_id, pool)
+    engine = dbmod.engine(db, "admin")
+    rng = random.Random(worker_id)
+    try:
+        with engine.connect() as conn:
+            while not terminate.is_set():
+                task = claim(conn, worker_id, pool)
+                if task is None:
+                    hb.beat(None)
+                    terminate.wait(0.05)
+                    continue
+                task_id, category, payload = task
+                with hb.busy(category):
+                    if hang:
+                        # --stuck: hang inside a task without beating, then recover.
+                        time.sleep(hang)
+                        hang = 0.0
+                    work = WORK_SECONDS[category] * length * rng.uniform(0.5, 1.5)
+                    terminate.wait(work)
+                    complete(conn, task_id, category, payload)
+    finally:
+        hb.close()
+        engine.dispose()
+
+
+def run(settings: DemoSettings) -> dict[str, Any]:
+    """Run the whole demo; return what the summary prints."""
+    init_db(settings.db)
+    ctx = multiprocessing.get_context(settings.start_method)
+    stop, terminate = ctx.Event(), ctx.Event()
+    engine = dbmod.engine(settings.db, "admin")
+    with engine.connect() as conn:
+        enqueue(conn, workload(settings.videos, settings.frames, time.time()))
+    engine.dispose()
+    scheduler = Scheduler(
+        settings.db,
+        stop=stop,
+        terminate=terminate,
+        interval=settings.interval,
+        stale_after=settings.stale_after,
+        warn_after=settings.warn_after,
+        start_method=settings.start_method,
+    )
+    hang = settings.warn_after + 2 * settings.interval + 1.0 if settings.stuck else 0.0
+    workers = [
+        ctx.Process(
+            target=worker_main,
+            args=(settings.db, f"{pool}-{i + 1}", pool, terminate, settings.length,
+                  hang if (pool, i) == (GPU, 0) else 0.0),
+            name=f"{pool}-{i + 1}",
+        )
+        for pool, n in ((GPU, settings.gpu_workers), (CPU, settings.cpu_workers))
+        for i in range(n)
+    ]
+    started = time.time()
+    scheduler.start()
+    for w in workers:
+        w.start()
+    try:
+        idle = wait_idle(settings.db, timeout=settings.timeout, since=started)
+        drained = time.time()
+    finally:
+        stop.set()  # the pipeline's own flags: set by the main process, never by sqlmon
+        terminate.set()
+        for p in [*workers, scheduler]:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return {
+        "idle": idle,
+        "seconds": drained - started,
+        "run_id": _latest_run(settings.db),
+        "exit_codes": {p.name: p.exitcode for p in [*workers, scheduler]},
+    }
+
+
+def _latest_run(db: str) -> int | None:
+    from .schema import runs
+
+    engine = dbmod.engine(db, "read")
+    try:
+        with engine.connect() as conn, dbmod.read(conn):
+            return conn.execute(sa.select(sa.func.max(runs.c.run_id))).scalar()
+    finally:
+        engine.dispose()
+
+
+def default_db() -> str:
+    return os.path.join(os.getcwd(), "sqlmon-demo.db")

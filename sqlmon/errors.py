@@ -1,0 +1,29 @@
+"""Exceptions that say what is wrong in one line, for people and for the CLI's exit code 2."""
+
+
+class SqlmonError(Exception):
+    """Base of every error sqlmon raises on purpose."""
+
+
+class ConfigError(SqlmonError, ValueError):
+    """A setting that cannot work (an interval of zero, an unknown task table or column)."""
+
+
+class DatabaseError(SqlmonError):
+    """The database cannot be used: missing, not SQLite, not sqlmon's, or of another schema."""
+
+
+class DatabaseMissing(DatabaseError):
+    pass
+
+
+class NotInitialised(DatabaseError):
+    pass
+
+
+class SchemaTooOld(DatabaseError):
+    pass
+
+
+class SchemaTooNew(DatabaseError):
+    pass

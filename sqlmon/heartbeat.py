@@ -1,0 +1,229 @@
+"""The worker side: `Heartbeat` upserts this worker's row in worker_status.
+
+A beat that changes nothing inside `min_interval` is a comparison and a clock read. A beat that
+writes is one autocommitted upsert, prepared once, on a DBAPI connection held for the life of
+the process. Once built, a Heartbeat never raises into the worker's loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import socket
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import config, procs
+from . import db as dbmod
+from .migrate import check_database
+from .schema import worker_status
+
+log = logging.getLogger(__name__)
+
+_monotonic = time.monotonic
+_UNSET = object()
+_live: weakref.WeakSet[Heartbeat] = weakref.WeakSet()
+# Connections inherited through fork are kept here, never used and never closed: closing a
+# parent's SQLite connection in the child would release the parent's locks behind its back.
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for hb in list(_live):
+        hb._forget_connection()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Heartbeat:
+    """A worker's heartbeat: `beat(category)`, `with busy(category):`, `close()`."""
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | sa.URL,
+        worker_id: str,
+        pool: str,
+        *,
+        min_interval: float = config.MIN_INTERVAL,
+    ) -> None:
+        check_database(db)  # misconfiguration raises here, never later in the worker's loop
+        self.db = dbmod.url_text(db)
+        self.worker_id = str(worker_id)
+        self.pool = str(pool)
+        self.min_interval = float(min_interval)
+        self.missed = 0
+        self._init_process_state()
+        _live.add(self)
+
+    def _init_process_state(self) -> None:
+        self._engine: sa.Engine | None = None
+        self._conn: Any = None  # SQLAlchemy's pooled DBAPI connection, held for the process
+        self._cursor: Any = None
+        self._params: dict[str, Any] | None = None
+        self._sql = ""
+        self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError,)
+        self._category: Any = _UNSET
+        self._last_write = -float("inf")
+        self._last_log = -float("inf")
+
+    # Processes receive plain data: a spawned child gets the settings, never the connection.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: self.__dict__[k] for k in ("db", "worker_id", "pool", "min_interval", "missed")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+        _live.add(self)
+
+    def _forget_connection(self) -> None:
+        if self._conn is not None:
+            _inherited.append((self._engine, self._conn, self._cursor))
+        self._init_process_state()
+
+    def beat(self, category: Any = None) -> None:
+        """Say this worker is alive and holds `category` (None: idle). Never raises."""
+        now = _monotonic()
+        if category is self._category and now - self._last_write < self.min_interval:
+            return
+        if category != self._category or now - self._last_write >= self.min_interval:
+            self._write(category, now)
+
+    @contextmanager
+    def busy(self, category: Any) -> Iterator[None]:
+        """Hold `category` for the block, and go back to idle on the way out, whatever happens."""
+        self.beat(category)
+        try:
+            yield
+        finally:
+            self.beat(None)
+
+    def close(self) -> None:
+        """Mark this worker exited (a clean end, not a death) and let go of the connection."""
+        self._write(None, _monotonic(), exited=True)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+                assert self._engine is not None
+                self._engine.dispose()
+            except self._errors:
+                pass
+        _live.discard(self)
+        self._init_process_state()
+
+    def _open(self) -> None:
+        engine = dbmod.engine(self.db, "worker")
+        pid = os.getpid()
+        wall = time.time()
+        self._params = {
+            "worker_id": self.worker_id,
+            "pid": pid,
+            "pid_start": procs.start_time(pid),
+            "host": socket.gethostname(),
+            "pool": self.pool,
+            "category": None,
+            "category_since": wall,
+            "last_heartbeat": wall,
+            "started_at": wall,
+            "exited_at": None,
+        }
+        if engine.dialect.name != "sqlite":
+            # Other backends take the portable path: an SQLAlchemy upsert in its own transaction.
+            self._engine, self._conn = engine, engine.connect()
+            self._cursor = _Portable(self._conn, _upsert(engine.dialect.name))
+            return
+        conn = engine.raw_connection()
+        from sqlalchemy.dialects.sqlite import pysqlite
+
+        # Compiled once, for named parameters bound from one dict: SQLAlchemy 2 recompiles an
+        # SQLite upsert on every execute, which would cost more than the write itself.
+        self._sql = _upsert("sqlite").compile(dialect=pysqlite.dialect(paramstyle="named")).string
+        self._errors = (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error)
+        self._engine, self._conn = engine, conn
+        # The connection autocommits (see db.py): the upsert is one small transaction.
+        self._cursor = conn.driver_connection.cursor()
+
+    def _write(self, category: Any, now: float, exited: bool = False) -> None:
+        try:
+            if self._cursor is None:
+                self._open()
+            params = self._params
+            assert params is not None
+            wall = time.time()
+            if category != self._category:
+                params["category"] = _text(category)
+                params["category_since"] = wall
+            params["last_heartbeat"] = wall
+            params["exited_at"] = wall if exited else None
+            self._cursor.execute(self._sql, params)
+        except self._errors as exc:
+            # A locked database, a full disk, an I/O error: drop this beat, the next one tries.
+            self.missed += 1
+            if now - self._last_log >= config.MISSED_LOG_EVERY:
+                self._last_log = now
+                log.warning(
+                    "heartbeat of %s dropped (%d so far): %s", self.worker_id, self.missed, exc
+                )
+            return
+        self._category = category
+        self._last_write = now
+
+
+def _text(category: Any) -> str | None:
+    if category is None:
+        return None
+    if isinstance(category, enum.Enum):
+        return str(category.name)
+    return str(category)
+
+
+class _Portable:
+    """A cursor look-alike that writes through SQLAlchemy Core, for backends other than SQLite."""
+
+    def __init__(self, conn: sa.Connection, stmt: Any) -> None:
+        self.conn, self.stmt = conn, stmt
+
+    def execute(self, _sql: str, params: dict[str, Any]) -> None:
+        with self.conn.begin():
+            self.conn.execute(self.stmt, params)
+
+
+def _upsert(name: str) -> Any:
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    t = worker_status
+    stmt = insert(t).values({c: sa.bindparam(c) for c in _COLUMNS})
+    ex = stmt.excluded
+    # Another process under the same id is a new incarnation: its beats restart at 1, so that
+    # nothing of the old row leaks into the new one.
+    same = sa.and_(t.c.pid == ex.pid, t.c.started_at == ex.started_at)
+    return stmt.on_conflict_do_update(
+        index_elements=[t.c.worker_id],
+        set_={
+            **{c: ex[c] for c in _COLUMNS if c != "worker_id"},
+            "beats": sa.case((same, t.c.beats + _ONE), else_=_ONE),
+        },
+    )
+
+
+_ONE = sa.literal_column("1")  # rendered in the SQL: the prepared statement binds no constant
+_COLUMNS = (
+    "worker_id",
+    "pid",
+    "pid_start",
+    "host",
+    "pool",
+    "category",
+    "category_since",
+    "last_heartbeat",
+    "started_at",
+    "exited_at",
+)

@@ -1,0 +1,117 @@
+"""Creating, upgrading and checking a database's schema."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection
+
+from . import db as dbmod
+from .errors import DatabaseError, NotInitialised, SchemaTooNew, SchemaTooOld
+from .schema import HEAD, REVISIONS, VERSION_TABLE
+
+
+def migrations_dir() -> Path:
+    """The Alembic environment: inside the wheel when installed, at the top of a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise DatabaseError("sqlmon's migrations are missing from this installation")
+
+
+def init_db(db: str | os.PathLike[str] | URL) -> None:
+    """Create the database and its schema, or upgrade it; a no-op when it is current.
+
+    Safe when several processes call it at once: the migrations run under the write lock.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    url = dbmod.to_url(db)
+    path = dbmod.sqlite_path(url)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = dbmod.engine(url, "admin")
+    try:
+        with engine.connect() as conn, dbmod.write(conn):
+            current = _version(conn)
+            if current == HEAD:
+                return
+            if current is not None and current not in REVISIONS:
+                raise SchemaTooNew(_too_new(url, current))
+            if current is None and _has_foreign_tables(conn):
+                raise DatabaseError(f"{_name(url)}: not a sqlmon database (it has other tables)")
+            cfg = Config()
+            cfg.set_main_option("script_location", str(migrations_dir()))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except sa.exc.DatabaseError as exc:
+        raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+def check(conn: Connection, url: URL) -> str:
+    """Raise unless `conn` reaches a sqlmon database of a schema this sqlmon knows; return it."""
+    try:
+        current = _version(conn)
+        if current is None:
+            if _has_foreign_tables(conn):
+                raise DatabaseError(f"{_name(url)}: not a sqlmon database")
+            raise NotInitialised(f"{_name(url)}: not initialised (run `sqlmon init`)")
+    except sa.exc.DatabaseError as exc:
+        raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
+    if current not in REVISIONS:
+        raise SchemaTooNew(_too_new(url, current))
+    if current != HEAD:
+        raise SchemaTooOld(
+            f"{_name(url)}: schema {current} is older than {HEAD} (run `sqlmon init` to upgrade)"
+        )
+    return current
+
+
+def check_database(db: str | os.PathLike[str] | URL) -> None:
+    """Open the database read-only just long enough to check it; create nothing."""
+    url = dbmod.to_url(db)
+    engine = dbmod.engine(url, "read")
+    try:
+        with engine.connect() as conn, dbmod.read(conn):
+            check(conn, url)
+    except sa.exc.DatabaseError as exc:
+        raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+def describe(exc: sa.exc.DatabaseError) -> str:
+    """One line for a driver error: what people can act on, without the SQL."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    if "file is not a database" in text:
+        return "not an SQLite database"
+    if "malformed" in text:
+        return "the database is corrupt (" + text + ")"
+    if "unable to open" in text:
+        return "cannot open the database file"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _version(conn: Connection) -> str | None:
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return rows[0] if rows else None
+
+
+def _has_foreign_tables(conn: Connection) -> bool:
+    return bool(sa.inspect(conn).get_table_names())
+
+
+def _too_new(url: URL, current: str) -> str:
+    return f"{_name(url)}: schema {current} is newer than this sqlmon knows (upgrade sqlmon)"
+
+
+def _name(url: URL) -> str:
+    return dbmod.sqlite_path(url) or url.render_as_string(hide_password=True)

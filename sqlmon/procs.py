@@ -1,0 +1,65 @@
+"""Process identity: a pid plus its start time, so that a reused pid cannot hide a death."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_LINUX = sys.platform.startswith("linux")
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_boot_time: float | None = None
+
+
+def _btime() -> float | None:
+    global _boot_time
+    if _boot_time is None:
+        try:
+            with open("/proc/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        _boot_time = float(line.split()[1])
+                        break
+        except OSError:
+            return None
+    return _boot_time
+
+
+def _stat(pid: int) -> tuple[bytes, float] | None:
+    """(state letter, start time) of `pid` from /proc, or None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    boot = _btime()
+    if boot is None:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0], round(boot + int(fields[19]) / _CLK_TCK, 2)
+
+
+def start_time(pid: int) -> float | None:
+    """Unix time (s, 0.01 resolution) at which `pid` started, or None where /proc is missing."""
+    if not _LINUX:
+        return None
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def is_alive(pid: int, started: float | None) -> bool:
+    """True while `pid` exists and, when its start time is known, is still the same process."""
+    if _LINUX and started is not None:
+        stat = _stat(pid)
+        if stat is None:
+            return False
+        state, now_started = stat
+        # A zombie keeps its pid and start time until reaped, yet no longer works.
+        return state not in (b"Z", b"X") and abs(now_started - started) < 0.05
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    return True

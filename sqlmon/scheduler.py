@@ -1,0 +1,284 @@
+"""The scheduler: a process that watches worker_status and the backlog about once a second,
+records history, logs the HUD and keeps the idle row. It never writes worker_status or the
+task table, and never sets a shutdown flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import config, history, hud
+from . import db as dbmod
+from .backlog import TaskTable
+from .errors import ConfigError, SqlmonError
+from .migrate import check_database, describe
+from .monitor import Cycle, Monitor, Observation
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM / SIGINT handler while the loop waits, to wake it at once."""
+
+
+class Scheduler(multiprocessing.Process):
+    """The monitor process. Start it with `.start()`, or run it in the foreground with `.run()`,
+    or drive it one cycle at a time with `open()`, `step(now, mono)` and `close()`.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | sa.URL,
+        *,
+        stop: Any = None,
+        terminate: Any = None,
+        interval: float = config.INTERVAL,
+        stale_after: float = config.STALE_AFTER,
+        warn_after: float = config.WARN_AFTER,
+        idle_confirm: int = config.IDLE_CONFIRM,
+        hud_every: float = config.HUD_EVERY,
+        backlog: TaskTable | None = None,
+        log_level: int | str = logging.INFO,
+        start_method: str | None = None,
+    ) -> None:
+        super().__init__(name="sqlmon-scheduler")
+        self.start_method = start_method
+        if not interval > 0:
+            raise ConfigError(f"interval must be above 0 s (got {interval})")
+        if not stale_after > interval:
+            raise ConfigError(
+                f"stale_after ({stale_after} s) must be above the interval ({interval} s)"
+            )
+        if warn_after < stale_after:
+            raise ConfigError(f"warn_after ({warn_after} s) must be at least stale_after")
+        if int(idle_confirm) < 1:
+            raise ConfigError(f"idle_confirm must be at least 1 (got {idle_confirm})")
+        if hud_every < 0:
+            raise ConfigError(f"hud_every must not be negative (got {hud_every})")
+        check_database(db)
+        self.backlog = backlog if backlog is not None else TaskTable()
+        self.db = dbmod.url_text(db)
+        self.settings = {
+            "interval": float(interval),
+            "stale_after": float(stale_after),
+            "warn_after": float(warn_after),
+            "idle_confirm": int(idle_confirm),
+            "hud_every": float(hud_every),
+            "task_table": self.backlog.table,
+            "task_database": self.backlog.database,
+        }
+        self.stop_event, self.terminate_event = stop, terminate
+        self.log_level = log_level
+        self._validate_backlog()
+        # What open() builds lives only in the process that runs the loop: engines and
+        # connections cannot be pickled into a spawned child, and must not cross a fork.
+        self._opened = False
+
+    def _Popen(self, process_obj: Any) -> Any:  # noqa: N802 (multiprocessing's name)
+        # multiprocessing.Process always starts with the default context; this lets a caller
+        # pick fork, spawn or forkserver for this process alone (None keeps the default).
+        return multiprocessing.get_context(self.start_method).Process._Popen(process_obj)  # type: ignore[attr-defined]
+
+    @property
+    def interval(self) -> float:
+        return float(self.settings["interval"])
+
+    def _validate_backlog(self) -> None:
+        engine = dbmod.engine(self.backlog.database or self.db, "read")
+        try:
+            with engine.connect() as conn, dbmod.read(conn):
+                self.backlog.validate(conn)
+        except sa.exc.DatabaseError as exc:
+            raise ConfigError(f"task table: {describe(exc)}") from exc
+        finally:
+            engine.dispose()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The process body: cycles until terminate (or SIGTERM / SIGINT), then closes its run."""
+        _log_to_terminal(self.log_level)
+        reason = "terminate"
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._signalled: str | None = None
+        self._waiting = False
+
+        def on_signal(signum: int, _frame: object) -> None:
+            self._signalled = signal.Signals(signum).name
+            if self._waiting:
+                raise _Stop
+
+        for s in previous:
+            signal.signal(s, on_signal)
+        try:
+            self.open()
+            next_at = time.monotonic()
+            while self._signalled is None and not self._terminated():
+                self.step()
+                next_at += self.interval
+                wait = next_at - time.monotonic()
+                if wait < 0:  # fell behind (paused, or a slow cycle): do not try to catch up
+                    next_at, wait = time.monotonic(), 0.0
+                try:
+                    self._waiting = True
+                    if self._signalled is None:
+                        self._wait(wait)
+                except _Stop:
+                    pass
+                finally:
+                    self._waiting = False
+            reason = self._signalled or "terminate"
+        except SqlmonError as exc:
+            reason = f"error: {exc}"
+            log.error("scheduler stopped: %s", exc)
+        finally:
+            self.close(reason)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _terminated(self) -> bool:
+        return self.terminate_event is not None and self.terminate_event.is_set()
+
+    def _wait(self, seconds: float) -> None:
+        if self.terminate_event is not None:
+            self.terminate_event.wait(seconds)  # wakes at once when terminate is set
+        else:
+            time.sleep(seconds)
+
+    def open(self, now: float | None = None) -> int:
+        """Connect, start a run and say not idle; return the run id."""
+        now = time.time() if now is None else now
+        self._host = socket.gethostname()
+        self._url = dbmod.to_url(self.db)
+        self._engine = dbmod.engine(self._url, "scheduler")
+        self._conn = self._engine.connect()
+        separate = self.backlog.database is not None
+        # The task table in its own file is opened read-only: the monitor never takes its lock.
+        self._task_engine = dbmod.engine(self.backlog.database, "read") if separate else None
+        self._task_conn = self._task_engine.connect() if self._task_engine else None
+        s = self.settings
+        self.monitor = Monitor(
+            interval=s["interval"],
+            stale_after=s["stale_after"],
+            warn_after=s["warn_after"],
+            idle_confirm=s["idle_confirm"],
+            host=self._host,
+            late_factor=config.LATE_FACTOR,
+        )
+        # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
+        dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
+        with dbmod.write(self._conn):
+            self.run_id, unended = history.start_run(
+                self._conn, now=now, pid=os.getpid(), host=self._host, settings=s
+            )
+            self.monitor.seed(history.last_events(self._conn))
+        dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
+        for run in unended:
+            log.warning("run %d ended abnormally: its scheduler vanished without closing it", run)
+        self.writes_skipped = 0
+        self._last_hud = -float("inf")
+        self._last_skip_log = -float("inf")
+        self._wal_warned = False
+        self._opened = True
+        log.info("scheduler run %d started (pid %d) on %s", self.run_id, os.getpid(), self.db)
+        return self.run_id
+
+    def read(self, now: float) -> Observation:
+        """worker_status and the backlog, each from one consistent snapshot."""
+        try:
+            with dbmod.read(self._conn):
+                workers = history.read_workers(self._conn)
+                if self._task_conn is None:
+                    counts, high = self.backlog.read(self._conn)
+            if self._task_conn is not None:
+                with dbmod.read(self._task_conn):
+                    counts, high = self.backlog.read(self._task_conn)
+        except sa.exc.DBAPIError as exc:
+            return Observation(read_started=now, error=describe(exc))
+        return Observation(read_started=now, workers=workers, backlog=counts, high_water=high)
+
+    def step(self, now: float | None = None, mono: float | None = None) -> Cycle:
+        """One cycle: read, judge, write, log. `now` (unix s) and `mono` (s) default to clocks."""
+        if not self._opened:
+            raise RuntimeError("Scheduler.open() first")
+        started = time.perf_counter()
+        now = time.time() if now is None else now
+        mono = time.monotonic() if mono is None else mono
+        cycle = self.monitor.judge(self.read(now), now, mono)
+        stop_seen = self.stop_event is not None and self.stop_event.is_set()
+        seconds = time.perf_counter() - started
+        try:
+            with dbmod.write(self._conn):
+                history.record(
+                    self._conn,
+                    self.run_id,
+                    cycle,
+                    cycle_seconds=seconds,
+                    writes_skipped=self.writes_skipped,
+                    stop_seen=stop_seen,
+                    heartbeat=now + seconds,
+                )
+            self.writes_skipped = 0
+            dbmod.checkpoint(self._conn)
+        except sa.exc.OperationalError as exc:
+            # The write lock was not had quickly (or the disk is full): skip this cycle's
+            # write rather than stall; the idle row goes stale, which never reads as idle.
+            self.writes_skipped += 1
+            if mono - self._last_skip_log >= 60.0:
+                self._last_skip_log = mono
+                log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
+        self._watch_wal()
+        if mono - self._last_hud >= self.settings["hud_every"]:
+            self._last_hud = mono
+            log.info("%s", hud.render(cycle))
+        return cycle
+
+    def _watch_wal(self) -> None:
+        size = dbmod.wal_size(self._url)
+        if size > config.WAL_WARN_BYTES and not self._wal_warned:
+            self._wal_warned = True
+            log.warning(
+                "the WAL has grown to %.0f MB: a long read transaction is holding back checkpoints",
+                size / 1e6,
+            )
+        elif size <= config.WAL_WARN_BYTES:
+            self._wal_warned = False
+
+    def close(self, reason: str = "closed", now: float | None = None) -> None:
+        """End the run row (so the idle row reads not idle) and let go of the connections."""
+        if not self._opened:
+            return
+        self._opened = False
+        now = time.time() if now is None else now
+        try:
+            dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
+            with dbmod.write(self._conn):
+                history.end_run(self._conn, self.run_id, now=now, reason=reason)
+            log.info("scheduler run %d ended (%s)", self.run_id, reason)
+        except sa.exc.DBAPIError as exc:
+            log.error("scheduler could not close run %d: %s", self.run_id, describe(exc))
+        finally:
+            self._conn.close()
+            self._engine.dispose()
+            if self._task_conn is not None and self._task_engine is not None:
+                self._task_conn.close()
+                self._task_engine.dispose()
+
+
+def _log_to_terminal(level: int | str) -> None:
+    """Make the HUD visible in a spawned child too, where no handler was inherited."""
+    logger = logging.getLogger("sqlmon")
+    logger.setLevel(level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
