@@ -33,21 +33,29 @@ def init_db(db: str | os.PathLike[str] | URL) -> None:
     url = dbmod.to_url(db)
     path = dbmod.sqlite_path(url)
     if path is not None:
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            _refuse_foreign(url)  # before the admin connection turns on WAL: change nothing
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = dbmod.engine(url, "admin")
     try:
         with engine.connect() as conn, dbmod.write(conn):
-            current = _version(conn)
-            if current == HEAD:
+            if _known(conn, url) == HEAD:
                 return
-            if current is not None and current not in REVISIONS:
-                raise SchemaTooNew(_too_new(url, current))
-            if current is None and _has_foreign_tables(conn):
-                raise DatabaseError(f"{_name(url)}: not a sqlmon database (it has other tables)")
             cfg = Config()
             cfg.set_main_option("script_location", str(migrations_dir()))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+    except sa.exc.DatabaseError as exc:
+        raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+def _refuse_foreign(url: URL) -> None:
+    engine = dbmod.engine(url, "read")
+    try:
+        with engine.connect() as conn, dbmod.read(conn):
+            _known(conn, url)
     except sa.exc.DatabaseError as exc:
         raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
     finally:
@@ -96,6 +104,16 @@ def describe(exc: sa.exc.DatabaseError) -> str:
     if "unable to open" in text:
         return "cannot open the database file"
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _known(conn: Connection, url: URL) -> str | None:
+    """The schema revision, None for an empty database; raise for a foreign or newer one."""
+    current = _version(conn)
+    if current is not None and current not in REVISIONS:
+        raise SchemaTooNew(_too_new(url, current))
+    if current is None and _has_foreign_tables(conn):
+        raise DatabaseError(f"{_name(url)}: not a sqlmon database (it has other tables)")
+    return current
 
 
 def _version(conn: Connection) -> str | None:

@@ -1,0 +1,149 @@
+"""The schema: created only through the migrations, idempotently, in WAL, with its views."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sqlmon import DatabaseError, init_db
+from sqlmon import db as dbmod
+from sqlmon.errors import DatabaseMissing, NotInitialised, SchemaTooNew, SchemaTooOld
+from sqlmon.migrate import check_database, migrations_dir
+from sqlmon.schema import HEAD, REVISIONS, VERSION_TABLE, metadata
+
+from .conftest import execute, sql
+
+
+def test_init_creates_wal_schema_with_private_version_table(tmp_path: Path) -> None:
+    path = str(tmp_path / "new" / "m.db")
+    init_db(path)
+    init_db(path)  # idempotent
+    assert sql(path, "PRAGMA journal_mode") == [("wal",)]
+    assert sql(path, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
+    assert sql(path, "SELECT name FROM sqlite_master WHERE name = 'alembic_version'") == []
+    names = {n for (n,) in sql(path, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    assert set(metadata.tables) | {"worker_intervals", "backlog_timeline"} <= names
+
+
+def test_migration_heads_match_the_revisions_sqlmon_knows() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    script = ScriptDirectory.from_config(cfg)
+    assert script.get_heads() == [HEAD]
+    assert [r.revision for r in reversed(list(script.walk_revisions()))] == list(REVISIONS)
+
+
+def test_tables_from_migrations_match_the_metadata(db: str) -> None:
+    inspector = sa.inspect(sa.create_engine(f"sqlite:///{db}"))
+    for table in metadata.sorted_tables:
+        assert [c["name"] for c in inspector.get_columns(table.name)] == [
+            c.name for c in table.columns
+        ], table.name
+
+
+def _init(path: str, barrier) -> None:
+    barrier.wait()
+    init_db(path)
+
+
+def test_concurrent_init_runs_the_migration_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "race.db")
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_init, args=(path, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert sql(path, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
+    assert sql(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_check_database_names_each_problem(tmp_path: Path, db: str) -> None:
+    with pytest.raises(DatabaseMissing, match="no such database"):
+        check_database(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()  # checking never creates
+
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"\x00garbage" * 1000)
+    with pytest.raises(DatabaseError, match="not an SQLite database"):
+        check_database(junk)
+
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(NotInitialised, match="not initialised"):
+        check_database(empty)
+
+    foreign = tmp_path / "foreign.db"
+    execute(str(foreign), "CREATE TABLE t (x)")
+    with pytest.raises(DatabaseError, match="not a sqlmon database"):
+        check_database(foreign)
+
+    execute(db, f"UPDATE {VERSION_TABLE} SET version_num = '9999'")
+    with pytest.raises(SchemaTooNew, match="newer than this sqlmon"):
+        check_database(db)
+
+
+def test_older_schema_is_refused_until_upgraded(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlmon.migrate as migrate
+
+    monkeypatch.setattr(migrate, "REVISIONS", ("0001", "0002"))
+    monkeypatch.setattr(migrate, "HEAD", "0002")
+    with pytest.raises(SchemaTooOld, match="older than 0002"):
+        check_database(db)
+
+
+def test_init_refuses_a_foreign_database(tmp_path: Path) -> None:
+    foreign = str(tmp_path / "app.db")
+    execute(foreign, "CREATE TABLE app (x)")
+    before = Path(foreign).read_bytes()
+    with pytest.raises(DatabaseError, match="not a sqlmon database"):
+        init_db(foreign)
+    assert Path(foreign).read_bytes() == before
+
+
+def test_backlog_uses_the_partial_index(db: str) -> None:
+    from sqlmon import TaskTable
+
+    engine = dbmod.engine(db, "read")
+    with engine.connect() as conn, dbmod.read(conn):
+        plan = conn.exec_driver_sql(
+            "EXPLAIN QUERY PLAN " + TaskTable().statement(conn.dialect)
+        ).all()
+    engine.dispose()
+    assert any("ix_tasks_active" in row[-1] for row in plan), plan
+
+
+def test_views_give_intervals_and_backlog(db: str) -> None:
+    execute(
+        db,
+        "INSERT INTO worker_events (run_id, ts, worker_id, event, category) VALUES (?, ?, ?, ?, ?)",
+        [
+            (1, 100.0, "w", "joined", None),
+            (1, 101.0, "w", "busy", "OCR"),
+            (1, 101.5, "w", "stale", "OCR"),
+            (1, 104.0, "w", "idle", None),
+            (1, 105.0, "w", "exited", None),
+        ],
+    )
+    assert sql(db, "SELECT worker_id, category, state, started, ended, seconds "
+                   "FROM worker_intervals ORDER BY started") == [
+        ("w", None, "idle", 100.0, 101.0, 1.0),
+        ("w", "OCR", "busy", 101.0, 104.0, 3.0),
+        ("w", None, "idle", 104.0, 105.0, 1.0),
+    ]
+    execute(db, "INSERT INTO snapshots (id, run_id, ts, cycle, workers_busy, workers_idle, "
+                "workers_stale, workers_dead, backlog_pending, backlog_running, idle, "
+                "cycle_seconds) VALUES (7, 1, 50.0, 1, 0, 0, 0, 0, 3, 1, 0, 0.001)")
+    execute(db, "INSERT INTO snapshot_counts VALUES (7, 'gpu', 'OCR', 1, 3, 1)")
+    assert sql(db, "SELECT ts, pool, category, pending, running, busy FROM backlog_timeline") == [
+        (50.0, "gpu", "OCR", 3, 1, 1)
+    ]
