@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from . import config, procs
 from . import db as dbmod
+from .errors import SqlmonError
 from .migrate import check_database
 from .schema import worker_status
 
@@ -68,7 +69,8 @@ class Heartbeat:
         self._cursor: Any = None
         self._params: dict[str, Any] | None = None
         self._sql = ""
-        self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError,)
+        # A file gone or replaced since the check is as much a dropped beat as a locked one.
+        self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, SqlmonError)
         self._category: Any = _UNSET
         self._last_write = -float("inf")
         self._last_log = -float("inf")
@@ -144,7 +146,7 @@ class Heartbeat:
         # Compiled once, for named parameters bound from one dict: SQLAlchemy 2 recompiles an
         # SQLite upsert on every execute, which would cost more than the write itself.
         self._sql = _upsert("sqlite").compile(dialect=pysqlite.dialect(paramstyle="named")).string
-        self._errors = (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error)
+        self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
         self._engine, self._conn = engine, conn
         # The connection autocommits (see db.py): the upsert is one small transaction.
         self._cursor = conn.driver_connection.cursor()

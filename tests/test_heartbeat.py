@@ -1,0 +1,146 @@
+"""The worker side: writes at once on a change, coalesces repeats, never raises once built."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sqlmon import Heartbeat
+from sqlmon.errors import DatabaseMissing, NotInitialised
+
+from . import procs
+from .conftest import sql
+
+ROW = "SELECT pid, pool, category, beats, exited_at IS NOT NULL FROM worker_status WHERE worker_id = ?"
+
+
+def test_beat_writes_changes_at_once_and_coalesces_repeats(db: str) -> None:
+    hb = Heartbeat(db, "gpu-1", "gpu", min_interval=60.0)
+    assert sql(db, "SELECT count(*) FROM worker_status") == [(0,)]  # building writes nothing
+    hb.beat()
+    assert sql(db, ROW, ("gpu-1",)) == [(os.getpid(), "gpu", None, 1, 0)]
+    hb.beat("OCR")
+    assert sql(db, ROW, ("gpu-1",)) == [(os.getpid(), "gpu", "OCR", 2, 0)]
+    for _ in range(100):
+        hb.beat("OCR")  # inside min_interval: nothing to write
+    assert sql(db, ROW, ("gpu-1",)) == [(os.getpid(), "gpu", "OCR", 2, 0)]
+    hb.close()
+    assert sql(db, ROW, ("gpu-1",)) == [(os.getpid(), "gpu", None, 3, 1)]
+    assert hb.missed == 0
+
+
+def test_repeated_beat_writes_again_after_min_interval(db: str) -> None:
+    hb = Heartbeat(db, "w", "cpu", min_interval=0.05)
+    hb.beat("A")
+    time.sleep(0.06)
+    hb.beat("A")
+    assert sql(db, "SELECT beats FROM worker_status") == [(2,)]
+
+
+def test_busy_goes_back_to_idle_even_on_error(db: str) -> None:
+    hb = Heartbeat(db, "w", "cpu")
+    with pytest.raises(ZeroDivisionError):
+        with hb.busy("SUMMARY"):
+            assert sql(db, "SELECT category FROM worker_status") == [("SUMMARY",)]
+            1 / 0
+    assert sql(db, "SELECT category FROM worker_status") == [(None,)]
+
+
+def test_category_since_marks_the_change_not_the_latest_beat(db: str) -> None:
+    hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
+    hb.beat("A")
+    (since,) = sql(db, "SELECT category_since FROM worker_status")[0]
+    time.sleep(0.01)
+    hb.beat("A")
+    assert sql(db, "SELECT category_since, last_heartbeat > category_since FROM worker_status") == [
+        (since, 1)
+    ]
+
+
+def test_enum_categories_are_stored_by_name(db: str) -> None:
+    import enum
+
+    class TaskCategory(enum.Enum):
+        OCR = 3
+
+    hb = Heartbeat(db, "w", "gpu")
+    hb.beat(TaskCategory.OCR)
+    assert sql(db, "SELECT category FROM worker_status") == [("OCR",)]
+
+
+def test_misconfiguration_raises_when_built(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseMissing):
+        Heartbeat(tmp_path / "none.db", "w", "cpu")
+    assert not (tmp_path / "none.db").exists()
+    sqlite3.connect(tmp_path / "empty.db").close()
+    with pytest.raises(NotInitialised):
+        Heartbeat(tmp_path / "empty.db", "w", "cpu")
+
+
+def test_locked_database_drops_the_beat_counts_it_and_never_raises(db: str) -> None:
+    hb = Heartbeat(db, "w", "cpu")
+    hb.beat("A")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        hb.beat("B")  # waits its short busy timeout, then drops the beat
+        assert hb.missed == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    hb.beat("B")  # the next beat tries again
+    assert sql(db, "SELECT category FROM worker_status") == [("B",)]
+    assert hb.missed == 1
+
+
+def test_deleted_database_file_never_raises(db: str, tmp_path: Path) -> None:
+    hb = Heartbeat(db, "w", "cpu")
+    hb.beat("A")
+    for suffix in ("", "-wal", "-shm"):
+        Path(db + suffix).unlink(missing_ok=True)
+    Path(db).mkdir()  # the path now names a directory: every write fails
+    hb._forget_connection()  # as after a fork: the next beat reopens, and cannot
+    hb.beat("B")
+    assert hb.missed == 1
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_heartbeat_built_in_parent_works_in_children(db: str, method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    hb = Heartbeat(db, "parent", "cpu", min_interval=0.0)
+    hb.beat("PARENT")  # the parent holds an open connection across the fork
+    results = ctx.Queue()
+    children = []
+    for i in range(3):
+        child_hb = Heartbeat(db, f"{method}-{i}", "cpu", min_interval=0.0)
+        children.append(ctx.Process(target=procs.beat_n, args=(child_hb, 50, "C", results)))
+    for p in children:
+        p.start()
+    for p in children:
+        p.join(60)
+    assert [p.exitcode for p in children] == [0, 0, 0]
+    assert sorted(results.get(timeout=5) for _ in children) == [
+        (f"{method}-{i}", 0) for i in range(3)
+    ]
+    rows = sql(db, "SELECT worker_id, beats, exited_at IS NOT NULL FROM worker_status "
+                   "WHERE worker_id != 'parent' ORDER BY worker_id")
+    assert rows == [(f"{method}-{i}", 51, 1) for i in range(3)]
+    hb.beat("AFTER")  # the parent's own connection still works after the children
+    assert sql(db, "SELECT category FROM worker_status WHERE worker_id = 'parent'") == [("AFTER",)]
+    assert sql(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_import_sqlmon_loads_neither_typer_nor_tabulate() -> None:
+    code = (
+        "import sys, sqlmon; "
+        "print(sorted(m for m in ('typer', 'tabulate', 'alembic', 'click') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
