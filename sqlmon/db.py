@@ -177,3 +177,32 @@ def wal_size(url: URL) -> int:
         return os.path.getsize(path + "-wal") if path else 0
     except OSError:
         return 0
+
+
+def read_only_engine(db: str | os.PathLike[str] | URL) -> Engine:
+    """A read-only engine for people's inspection tools, also for a copy in a folder without
+    write permission, where mode=ro fails because SQLite cannot create the -shm file."""
+    url = to_url(db)
+    path = sqlite_path(url)
+    if path is None or not os.path.isfile(path) or os.access(os.path.dirname(path), os.W_OK):
+        return engine(url, "read")
+    wal = path + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        if os.path.exists(path + "-shm"):
+            return engine(url, "read")  # SQLite reads both through a read-only -shm
+        raise DatabaseError(
+            f"{path}: its -wal file holds changes not yet checkpointed, which SQLite cannot read "
+            "in a folder without write permission; copy the database with its -wal file to a "
+            "writable folder, or checkpoint it where it was written "
+            "(sqlite3 DB 'PRAGMA wal_checkpoint(TRUNCATE)')"
+        )
+    # No WAL content and no way to create one here: no writer can exist, so immutable=1 cannot
+    # read stale data. On a live database it would, which is why it is used only here.
+    uri = URL.create(
+        "sqlite",
+        database=f"file:{quote(path, safe='/')}?mode=ro&immutable=1",
+        query={"uri": "true"},
+    )
+    eng = sa.create_engine(uri, connect_args={"timeout": _BUSY["read"]})
+    _configure_sqlite(eng, "read")
+    return eng
