@@ -16,6 +16,7 @@ WORKER_BUSY_TIMEOUT = 0.1  # s a beat waits for the write lock before it is drop
 MISSED_LOG_EVERY = 60.0  # s between log lines about dropped beats
 
 # Connections
+DB_FILE_MODE = 0o600  # permission bits of a database file sqlmon creates (-wal, -shm follow)
 INIT_BUSY_TIMEOUT = 30.0  # s init_db and people's tools wait for the lock
 READ_BUSY_TIMEOUT = 5.0  # s a read-only connection waits (WAL recovery, checkpoints)
 # WAL checkpoints are kept off the workers' path: the scheduler checkpoints (PASSIVE) every

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
-from . import config
+from . import config, guards
 from .errors import DatabaseError, DatabaseMissing
 
 Role = Literal["admin", "scheduler", "worker", "read"]
@@ -73,8 +73,15 @@ def sqlite_path(url: URL) -> str | None:
     return str(Path(database).absolute())
 
 
-def engine(db: str | os.PathLike[str] | URL, role: Role, **kwargs: object) -> Engine:
-    """An engine for `role`; for SQLite, the file is opened with the role's mode and pragmas."""
+def engine(
+    db: str | os.PathLike[str] | URL,
+    role: Role,
+    *,
+    file_mode: int = config.DB_FILE_MODE,
+    **kwargs: object,
+) -> Engine:
+    """An engine for `role`; for SQLite, the file is opened with the role's mode and pragmas.
+    The admin role creates a missing file with `file_mode` (-wal and -shm inherit it)."""
     url = to_url(db)
     path = sqlite_path(url)
     if path is None:
@@ -83,6 +90,10 @@ def engine(db: str | os.PathLike[str] | URL, role: Role, **kwargs: object) -> En
         raise DatabaseMissing(f"{path}: no such database (create it with `sqlmon init`)")
     if os.path.isdir(path):
         raise DatabaseError(f"{path}: is a directory, not a database")
+    if role in ("admin", "scheduler"):
+        preflight(path, warn=True)
+    if role == "admin" and not os.path.exists(path):
+        guards.create_owner_only(path, file_mode)
     uri = URL.create(
         "sqlite",
         database=f"file:{quote(path, safe='/')}?mode={_MODES[role]}",
@@ -91,6 +102,20 @@ def engine(db: str | os.PathLike[str] | URL, role: Role, **kwargs: object) -> En
     eng = sa.create_engine(uri, connect_args={"timeout": _BUSY[role]}, **kwargs)  # type: ignore[arg-type]
     _configure_sqlite(eng, role)
     return eng
+
+
+def preflight(db: str | os.PathLike[str] | URL, *, warn: bool) -> None:
+    """The environment guards for a process that will write the database (SQLite's version,
+    a local filesystem, writable -wal / -shm files); raise DatabaseError with the fix.
+    `warn` logs the once-per-process warnings: for whoever starts the monitor, not each worker."""
+    path = sqlite_path(to_url(db))
+    if path is None:
+        return
+    guards.require_sqlite(warn=warn)
+    guards.require_local_filesystem(path)
+    guards.require_writable_sidecars(path)
+    if warn:
+        guards.warn_world_writable(path)
 
 
 def _configure_sqlite(eng: Engine, role: Role) -> None:
