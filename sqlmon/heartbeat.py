@@ -55,6 +55,7 @@ class Heartbeat:
         min_interval: float = config.MIN_INTERVAL,
     ) -> None:
         check_database(db)  # misconfiguration raises here, never later in the worker's loop
+        dbmod.preflight(db, warn=False)  # -wal / -shm this process cannot write, NFS, FUSE
         self.db = dbmod.url_text(db)
         self.worker_id = str(worker_id)
         self.pool = str(pool)

@@ -65,6 +65,7 @@ class Scheduler(multiprocessing.Process):
         if hud_every < 0:
             raise ConfigError(f"hud_every must not be negative (got {hud_every})")
         check_database(db)
+        dbmod.preflight(db, warn=False)  # fail here, in the parent, not in the child
         self.backlog = backlog if backlog is not None else TaskTable()
         self.db = dbmod.url_text(db)
         self.settings = {
