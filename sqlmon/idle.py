@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from . import config
+from . import config, procs
 from . import db as dbmod
 from .schema import runs, scheduler_state
 
@@ -18,6 +19,8 @@ _ROW = sa.select(
     scheduler_state.c.interval,
     scheduler_state.c.verdict_since,
     runs.c.ended_at,
+    scheduler_state.c.pid,
+    scheduler_state.c.host,
 ).join_from(scheduler_state, runs, runs.c.run_id == scheduler_state.c.run_id)
 
 
@@ -27,12 +30,15 @@ def idle_now(conn: Connection, since: float | None = None, now: float | None = N
         row = conn.execute(_ROW).first()
     if row is None:
         return False
-    idle, heartbeat, interval, verdict_since, ended_at = row
+    idle, heartbeat, interval, verdict_since, ended_at, pid, host = row
     now = time.time() if now is None else now
     if not idle or ended_at is not None or verdict_since is None:
         return False
     # A row left by a dead scheduler goes stale: it never reads as idle.
     if not 0 <= now - heartbeat < config.fresh_for(interval):
+        return False
+    # On the scheduler's own host its death is known at once, before the row goes stale.
+    if host == socket.gethostname() and not procs.is_alive(pid, None):
         return False
     return since is None or verdict_since >= since
 

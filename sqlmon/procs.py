@@ -49,13 +49,15 @@ def start_time(pid: int) -> float | None:
 
 def is_alive(pid: int, started: float | None) -> bool:
     """True while `pid` exists and, when its start time is known, is still the same process."""
-    if _LINUX and started is not None:
+    if _LINUX:
         stat = _stat(pid)
         if stat is None:
             return False
         state, now_started = stat
         # A zombie keeps its pid and start time until reaped, yet no longer works.
-        return state not in (b"Z", b"X") and abs(now_started - started) < 0.05
+        if state in (b"Z", b"X"):
+            return False
+        return started is None or abs(now_started - started) < 0.05
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

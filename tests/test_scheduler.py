@@ -1,0 +1,267 @@
+"""The scheduler against real files: one cycle at a time, and as a real process."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from sqlmon import ConfigError, Heartbeat, Scheduler, TaskTable, is_idle
+from sqlmon.demo import claim, complete, enqueue
+from sqlmon import db as dbmod
+
+from . import procs
+from .conftest import execute, sql
+
+
+def add_tasks(db: str, *rows: tuple[str, str, str]) -> None:
+    execute(db, "INSERT INTO tasks (category, pool, status, created_at) VALUES (?, ?, ?, 0)",
+            list(rows))
+
+
+def test_one_cycle_records_snapshot_counts_events_and_the_idle_row(db: str) -> None:
+    add_tasks(db, ("OCR", "gpu", "pending"), ("OCR", "gpu", "pending"), ("OCR", "gpu", "done"),
+              ("SUMMARY", "cpu", "running"))
+    hb = Heartbeat(db, "cpu-1", "cpu")
+    hb.beat("SUMMARY")
+    s = Scheduler(db, interval=1.0)
+    run_id = s.open(now=1000.0)
+    cycle = s.step(now=1001.0, mono=1.0)
+    assert cycle.not_idle_reason == (
+        "1 task running in SUMMARY; 2 tasks pending in OCR; cpu-1 busy in SUMMARY"
+    )
+    assert sql(db, "SELECT run_id, cycle, workers_busy, workers_idle, backlog_pending, "
+                   "backlog_running, idle FROM snapshots") == [(run_id, 1, 1, 0, 2, 1, 0)]
+    assert sql(db, "SELECT pool, category, busy, pending, running FROM snapshot_counts "
+                   "ORDER BY pool") == [("cpu", "SUMMARY", 1, 0, 1), ("gpu", "OCR", 0, 2, 0)]
+    assert sql(db, "SELECT worker_id, event, category FROM worker_events ORDER BY id") == [
+        ("cpu-1", "joined", None), ("cpu-1", "busy", "SUMMARY")
+    ]
+    assert sql(db, "SELECT run_id, cycle, idle, not_idle_reason FROM scheduler_state") == [
+        (run_id, 1, 0, cycle.not_idle_reason)
+    ]
+    s.close("test")
+    assert sql(db, "SELECT end_reason, ended_at IS NOT NULL FROM runs") == [("test", 1)]
+
+
+def test_idle_after_confirming_cycles_and_honoured_by_is_idle(db: str) -> None:
+    s = Scheduler(db, interval=1.0, idle_confirm=2)
+    s.open()
+    t0 = time.time()
+    assert not s.step().idle
+    assert not is_idle(db)
+    assert s.step(now=time.time(), mono=time.monotonic()).idle
+    assert is_idle(db)
+    assert is_idle(db, since=t0 - 1)
+    assert not is_idle(db, since=time.time())  # no read began after that moment yet
+    s.close("done")
+    assert not is_idle(db)  # an ended run never reads as idle
+
+
+def test_a_stale_idle_row_never_reads_as_idle(db: str) -> None:
+    s = Scheduler(db, interval=0.2, stale_after=1.0, warn_after=1.0, idle_confirm=1)
+    s.open()
+    s.step()
+    assert is_idle(db)
+    # A scheduler on another host that vanished without closing: after max(3 x interval,
+    # interval + 2 s) its row is stale.
+    execute(db, "UPDATE scheduler_state SET host = 'elsewhere', heartbeat = heartbeat - 2.1")
+    assert is_idle(db)
+    execute(db, "UPDATE scheduler_state SET heartbeat = heartbeat - 0.2")
+    assert not is_idle(db)
+
+
+def test_write_is_skipped_not_stalled_while_someone_holds_the_lock(db: str) -> None:
+    s = Scheduler(db, interval=1.0)
+    s.open()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        s.step()
+        assert s.writes_skipped == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    s.step()
+    assert sql(db, "SELECT cycle, writes_skipped FROM snapshots") == [(2, 1)]
+    s.close()
+
+
+def test_bad_configuration_is_refused_when_built(db: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="interval must be above 0"):
+        Scheduler(db, interval=0)
+    with pytest.raises(ConfigError, match="must be above the interval"):
+        Scheduler(db, interval=2.0, stale_after=2.0)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Scheduler(db, backlog=TaskTable("jobs"))
+    with pytest.raises(ConfigError, match="has no column state"):
+        Scheduler(db, backlog=TaskTable(status="state"))
+    with pytest.raises(ConfigError, match="needs pools"):
+        TaskTable(pool=None)
+
+
+def test_task_table_in_its_own_file_is_read_only(db: str, tmp_path: Path) -> None:
+    jobs = str(tmp_path / "jobs.db")
+    execute(jobs, "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, kind TEXT, state TEXT)")
+    execute(jobs, "INSERT INTO jobs (kind, state) VALUES (?, ?)",
+            [("OCR", "queued"), ("OCR", "working"), ("SUMMARY", "queued"), ("OCR", "finished")])
+    before = Path(jobs).read_bytes()
+    table = TaskTable("jobs", category="kind", status="state", pool=None, id="job_id",
+                      pending=("queued",), running=("working",),
+                      pools={"OCR": "gpu", "SUMMARY": "cpu"}, database=jobs)
+    s = Scheduler(db, backlog=table)
+    s.open()
+    holder = sqlite3.connect(jobs, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a claim in progress never delays the monitor
+    try:
+        cycle = s.step()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    s.close()
+    assert {k: (c.pending, c.running) for k, c in cycle.counts.items()} == {
+        ("cpu", "SUMMARY"): (1, 0), ("gpu", "OCR"): (1, 1)
+    }
+    assert s.writes_skipped == 0
+    assert Path(jobs).read_bytes() == before
+
+
+def test_names_from_configuration_are_quoted(db: str, tmp_path: Path) -> None:
+    jobs = str(tmp_path / "odd.db")
+    execute(jobs, 'CREATE TABLE "my tasks" ("the kind" TEXT, "select" TEXT, "group" TEXT)')
+    execute(jobs, "INSERT INTO \"my tasks\" VALUES ('OCR', 'it''s queued', 'gpu')")
+    table = TaskTable("my tasks", category="the kind", status="select", pool="group", id=None,
+                      pending=("it's queued",), database=jobs)
+    s = Scheduler(db, backlog=table)
+    s.open()
+    assert s.step().not_idle_reason == "1 task pending in OCR"
+    s.close()
+
+
+def _start(db: str, method: str, **kw):
+    ctx = multiprocessing.get_context(method)
+    stop, terminate = ctx.Event(), ctx.Event()
+    s = Scheduler(db, stop=stop, terminate=terminate, interval=0.1, stale_after=1.0,
+                  warn_after=1.0, start_method=method, **kw)
+    s.start()
+    return s, stop, terminate
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _cycles(db: str) -> int:
+    rows = sql(db, "SELECT max(cycle) FROM snapshots WHERE run_id = (SELECT max(run_id) FROM runs)")
+    return rows[0][0] or 0
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_process_under_each_start_method_sees_stop_and_ends_on_terminate(db: str, method: str) -> None:
+    s, stop, terminate = _start(db, method)
+    _wait_for(lambda: _cycles(db) >= 2)
+    stop.set()
+    _wait_for(lambda: sql(db, "SELECT stop_seen FROM scheduler_state") == [(1,)])
+    assert s.is_alive()  # stop is the pipeline's business: the monitor keeps watching
+    terminate.set()
+    s.join(10)
+    assert s.exitcode == 0
+    assert sql(db, "SELECT end_reason FROM runs") == [("terminate",)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_end_the_run_cleanly(db: str, sig: signal.Signals, capfd) -> None:
+    s, _, terminate = _start(db, "spawn")
+    _wait_for(lambda: _cycles(db) >= 2)
+    os.kill(s.pid, sig)
+    s.join(10)
+    assert s.exitcode == 0
+    assert sql(db, "SELECT end_reason FROM runs") == [(sig.name,)]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_sigkill_leaves_the_database_whole_and_the_next_run_starts(db: str, caplog) -> None:
+    s, _, terminate = _start(db, "fork")
+    _wait_for(lambda: is_idle(db))
+    os.kill(s.pid, signal.SIGKILL)
+    s.join(10)
+    assert sql(db, "PRAGMA integrity_check") == [("ok",)]
+    assert sql(db, "SELECT count(*) FROM snapshot_counts WHERE snapshot_id NOT IN "
+                   "(SELECT id FROM snapshots)") == [(0,)]
+    assert sql(db, "SELECT end_reason, ended_at FROM runs") == [(None, None)]
+    assert not is_idle(db)  # dead on this host: known at once, before the row goes stale
+    s2 = Scheduler(db, interval=0.1, stale_after=1.0, warn_after=1.0)
+    with caplog.at_level("WARNING", logger="sqlmon"):
+        s2.open()
+    assert "run 1 ended abnormally" in caplog.text
+    assert sql(db, "SELECT run_id, idle, not_idle_reason FROM scheduler_state") == [
+        (2, 0, "scheduler starting")
+    ]
+    s2.close()
+
+
+def test_dead_and_stale_workers_with_real_processes(db: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    alive = ctx.Process(target=procs.beat_until, args=(db, "alive", "cpu", None, stop))
+    stuck = ctx.Process(target=procs.beat_then_hang, args=(db, "stuck", "gpu", "OCR"))
+    doomed = ctx.Process(target=procs.beat_then_hang, args=(db, "doomed", "gpu", "OCR"))
+    for p in (alive, stuck, doomed):
+        p.start()
+    _wait_for(lambda: sql(db, "SELECT count(*) FROM worker_status") == [(3,)])
+    # Stepped by hand every 0.1 s: a 1 s interval keeps a slow step on a busy machine from
+    # counting as a late cycle (which judges no death).
+    s = Scheduler(db, interval=1.0, stale_after=1.5, warn_after=1.5)
+    s.open()
+    try:
+        s.step()
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.join()
+        states = {}
+        deadline = time.monotonic() + 20
+        while states != {"alive": "idle", "stuck": "stale", "doomed": "dead"}:
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
+            states = {w.worker_id: w.state for w in s.step().workers}
+        cycle = s.step()
+        assert cycle.not_idle_reason.startswith("stuck stale for")
+    finally:
+        s.close()
+        stop.set()
+        stuck.kill()
+        for p in (alive, stuck):
+            p.join(10)
+    assert sql(db, "SELECT worker_id, event FROM worker_events WHERE event IN ('stale', 'dead') "
+                   "ORDER BY worker_id") == [("doomed", "dead"), ("stuck", "stale")]
+
+
+def test_hud_is_logged_through_the_sqlmon_logger(db: str, caplog) -> None:
+    add_tasks(db, ("OCR", "gpu", "pending"))
+    s = Scheduler(db, hud_every=0)
+    s.open()
+    with caplog.at_level("INFO", logger="sqlmon"):
+        s.step()
+    s.close()
+    assert "0 GPU workers busy: {}" in caplog.text
+    assert "1 task pending in OCR" in caplog.text
+
+
+def test_demo_pipeline_helpers_claim_atomically(db: str) -> None:
+    engine = dbmod.engine(db, "admin")
+    with engine.connect() as conn:
+        enqueue(conn, [{"category": "OCR", "pool": "gpu", "created_at": 0, "payload": "v/1"}])
+        task = claim(conn, "gpu-1", "gpu")
+        assert task is not None and claim(conn, "gpu-2", "gpu") is None
+        complete(conn, task[0], task[1], task[2])
+    engine.dispose()
+    assert sql(db, "SELECT category, status FROM tasks ORDER BY id") == [
+        ("OCR", "done"), ("PLATE_SMOOTH", "pending")
+    ]
