@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import sqlalchemy as sa
 import typer
 
 from . import db as dbmod
 from . import demo as demomod
+from . import queries
 from .errors import SqlmonError
 
 app = typer.Typer(
@@ -25,7 +32,9 @@ DbArg = Annotated[str, typer.Argument(help="The database: a file path or an SQLA
 
 def fail(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit code 2, nothing changed."""
-    typer.echo(f"sqlmon: {message}", err=True)
+    from .render import clean
+
+    typer.echo(f"sqlmon: {clean(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -83,7 +92,9 @@ def demo(
     videos: Annotated[int, typer.Option(min=1, help="Videos to process.")] = 3,
     frames: Annotated[int, typer.Option(min=1, help="Frames per video.")] = 8,
     length: Annotated[float, typer.Option(min=0.0, help="Scale of each task's work.")] = 1.0,
-    stuck: Annotated[bool, typer.Option(help="One worker hangs, goes stale, then recovers.")] = False,
+    stuck: Annotated[
+        bool, typer.Option(help="One worker hangs, goes stale, then recovers.")
+    ] = False,
 ) -> None:
     """Run a dashcam-like pipeline under the scheduler, wait for idle, and summarise."""
     _logging()
@@ -126,13 +137,330 @@ def render_demo_summary(db: str, result: dict[str, object]) -> str:
         tabulate(sorted(summary.tasks_done.items()), headers=("category", "tasks done")),
         "",
         tabulate(
-            [(w.worker_id, f"{w.busy_seconds:.1f}", f"{w.utilisation:.0%}") for w in summary.workers],
+            [
+                (w.worker_id, f"{w.busy_seconds:.1f}", f"{w.utilisation:.0%}")
+                for w in summary.workers
+            ],
             headers=("worker", "busy s", "utilisation"),
         ),
         "",
         f"database: {db}  (try: sqlite3 {db} 'SELECT * FROM worker_intervals LIMIT 10')",
     ]
     return "\n".join(lines)
+
+
+# -- inspection: read-only, never creates or changes the database --------------------------
+
+FormatOpt = Annotated[
+    str, typer.Option("--format", "-f", help="Output: table, json or csv.", metavar="FORMAT")
+]
+RunOpt = Annotated[
+    int | None, typer.Option("--run", "-r", help="Run id (default: the latest run).")
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(help="From this moment: a duration before now (10m, 2h) or a local "
+                 "timestamp (2026-11-29 14:05, 14:05)."),
+]
+UntilOpt = Annotated[str | None, typer.Option(help="Up to this moment: as --since.")]
+
+
+@contextmanager
+def inspecting(db: str) -> Iterator[sa.Connection]:
+    """A read-only connection to a checked database; bad input ends the command with exit 2."""
+    from .migrate import describe
+
+    try:
+        with queries.connect(db) as conn:
+            yield conn
+    except SqlmonError as exc:
+        fail(str(exc))
+    except sa.exc.DatabaseError as exc:
+        fail(f"{dbmod.url_text(db)}: {describe(exc)}")
+
+
+def _format(fmt: str) -> str:
+    from .render import FORMATS
+
+    if fmt.lower() not in FORMATS:
+        fail(f"unknown format {fmt!r} (one of: {', '.join(FORMATS)})")
+    return fmt.lower()
+
+
+def _moment(option: str, text: str | None, now: float) -> float | None:
+    from .durations import parse_moment
+
+    if text is None:
+        return None
+    try:
+        return parse_moment(text, now)
+    except ValueError as exc:
+        fail(f"{option}: {exc}")
+
+
+def _run(conn: sa.Connection, run_id: int | None, now: float) -> queries.RunLine:
+    with dbmod.read(conn):
+        return queries.find_run(conn, now, run_id)
+
+
+@app.command()
+def status(db: DbArg, fmt: FormatOpt = "table") -> None:
+    """The picture now: the scheduler, the idle row and why not idle, the workers, the backlog."""
+    from .render import status_text
+
+    fmt = _format(fmt)
+    with inspecting(db) as conn, dbmod.read(conn):
+        st = queries.status(conn, time.time())
+    typer.echo(status_text(st, fmt))
+
+
+@app.command()
+def watch(
+    db: DbArg,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between redraws.")] = 1.0,
+    count: Annotated[int, typer.Option(min=0, help="Stop after this many redraws (0: until "
+                                       "Ctrl-C).")] = 0,
+) -> None:
+    """`status`, redrawn in place every interval until Ctrl-C, while the pipeline runs."""
+    from .render import status_text
+
+    redraw = sys.stdout.isatty()
+    shown = 0
+    try:
+        with inspecting(db) as conn:
+            while True:
+                # One short read transaction per redraw: a held one would pin the WAL.
+                with dbmod.read(conn):
+                    st = queries.status(conn, time.time())
+                page = status_text(st)
+                if redraw:
+                    typer.echo("\x1b[H\x1b[2J" + page, nl=True)
+                else:
+                    typer.echo(page + "\n")
+                shown += 1
+                if count and shown >= count:
+                    return
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def runs(db: DbArg, fmt: FormatOpt = "table") -> None:
+    """Each run: start, end, length and end reason; 'vanished' when its scheduler went without
+    ending it."""
+    from .render import runs_text
+
+    fmt = _format(fmt)
+    with inspecting(db) as conn, dbmod.read(conn):
+        rows = queries.list_runs(conn, time.time())
+    typer.echo(runs_text(rows, fmt))
+
+
+@app.command()
+def history(
+    db: DbArg,
+    run: RunOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option(min=0, help="At most this many, the latest (0: all).")]
+    = 50,
+    fmt: FormatOpt = "table",
+) -> None:
+    """The snapshots of a run, one per scheduler cycle."""
+    from .render import history_text
+
+    fmt, now = _format(fmt), time.time()
+    start, end = _moment("--since", since, now), _moment("--until", until, now)
+    with inspecting(db) as conn:
+        chosen = _run(conn, run, now)
+        with dbmod.read(conn):
+            rows = queries.history(conn, chosen.run_id, since=start, until=end, limit=limit)
+    typer.echo(history_text(rows, fmt))
+
+
+@app.command()
+def events(
+    db: DbArg,
+    worker: Annotated[str | None, typer.Option(help="Only this worker.")] = None,
+    event: Annotated[
+        str | None,
+        typer.Option(help="Only this event: joined, busy, idle, category, stale, recovered, "
+                     "dead or exited."),
+    ] = None,
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    run: Annotated[int | None, typer.Option("--run", "-r", help="Only this run (default: all).")]
+    = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option(min=0, help="At most this many, the latest (0: all).")]
+    = 100,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Worker events (the transitions the scheduler saw), oldest first."""
+    from .render import events_text
+    from .schema import EVENTS
+
+    fmt, now = _format(fmt), time.time()
+    if event is not None and event not in EVENTS:
+        fail(f"--event: unknown event {event!r} (one of: {', '.join(EVENTS)})")
+    start, end = _moment("--since", since, now), _moment("--until", until, now)
+    with inspecting(db) as conn:
+        if run is not None:
+            _run(conn, run, now)
+        with dbmod.read(conn):
+            rows = queries.events(conn, run_id=run, worker=worker, event=event,
+                                  category=category, since=start, until=end, limit=limit)
+    typer.echo(events_text(rows, fmt))
+
+
+def _colour_allowed() -> bool:
+    # The conventions of https://no-color.org and of dumb terminals; never into a pipe.
+    return (
+        sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        and os.environ.get("TERM", "") != "dumb"
+    )
+
+
+@app.command()
+def timeline(
+    db: DbArg,
+    run: RunOpt = None,
+    width: Annotated[int | None, typer.Option(min=20, help="Characters (default: the "
+                                              "terminal's width).")] = None,
+    colour: Annotated[bool | None, typer.Option("--colour/--no-colour", help="Colour by "
+                      "category (default: when the terminal allows).")] = None,
+    html: Annotated[Path | None, typer.Option(help="Also write one self-contained HTML page "
+                    "(inline SVG) with the chart and the backlog per category over time.")]
+    = None,
+) -> None:
+    """Per worker, the busy / idle / stale stretches of a run as a text Gantt chart."""
+    from . import timeline as tlmod
+
+    now = time.time()
+    target = None if html is None else html.expanduser().absolute()
+    db_path = dbmod.sqlite_path(dbmod.to_url(db))
+    if target is not None and db_path is not None and os.path.exists(target) and \
+            os.path.samefile(target, db_path):
+        fail(f"--html: {target} is the database itself")
+    with inspecting(db) as conn:
+        chosen = _run(conn, run, now)
+        with dbmod.read(conn):
+            tl = tlmod.load(conn, chosen.run_id, chosen.started_at, chosen.end)
+    columns = width or shutil.get_terminal_size((100, 24)).columns
+    typer.echo(tlmod.text(tl, columns, _colour_allowed() if colour is None else colour))
+    if target is not None:
+        try:
+            target.write_text(tlmod.html(tl), encoding="utf-8")
+        except OSError as exc:
+            fail(f"--html: cannot write {target}: {exc.strerror}")
+        typer.echo(f"wrote {target}")
+
+
+@app.command()
+def report(db: DbArg, run: RunOpt = None, fmt: FormatOpt = "table") -> None:
+    """The post-run analysis of a run: drain time, utilisation, throughput, backlog peaks,
+    stale episodes, dead workers, heartbeat gaps and scheduler cycle times."""
+    from .render import report_text
+    from .report import run_report
+
+    fmt, now = _format(fmt), time.time()
+    with inspecting(db) as conn:
+        chosen = _run(conn, run, now)
+        with dbmod.read(conn):
+            data = run_report(conn, chosen.run_id, state=chosen.state, end=chosen.end)
+    typer.echo(report_text(data, fmt))
+
+
+@app.command()
+def check(db: DbArg) -> None:
+    """Health probe: exit 0 when the scheduler's heartbeat is fresh and no worker is stale or
+    dead, 1 otherwise, with one line that says why (2: bad input)."""
+    with inspecting(db) as conn, dbmod.read(conn):
+        ok, why = queries.health(queries.status(conn, time.time()))
+    from .render import clean
+
+    typer.echo(clean(why))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def idle(
+    db: DbArg,
+    since: Annotated[str | None, typer.Option(help="Only a verdict whose reads all began "
+                     "after this moment (as history --since).")] = None,
+) -> None:
+    """Exit 0 when the system is idle (sqlmon.is_idle holds), 1 otherwise, saying why not."""
+    from .idle import idle_now
+    from .render import clean
+
+    now = time.time()
+    after = _moment("--since", since, now)
+    with inspecting(db) as conn:
+        verdict = idle_now(conn, after)
+        if verdict:
+            typer.echo("idle")
+            raise typer.Exit(0)
+        with dbmod.read(conn):
+            st = queries.status(conn, now)
+    s = st.scheduler
+    if s is None:
+        why = "no scheduler has run on this database"
+    elif not s.alive(now):
+        why = queries.health(st)[1]
+    elif s.idle:
+        why = "the idle verdict is older than --since"
+    else:
+        why = s.not_idle_reason or "not idle"
+    typer.echo(f"not idle: {clean(why)}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def prune(
+    db: DbArg,
+    older_than: Annotated[str, typer.Option(help="Delete runs last alive longer ago than "
+                          "this: 7d, 12h, 30m.")],
+    dry_run: Annotated[bool, typer.Option(help="Only say what would go.")] = False,
+) -> None:
+    """Delete the history (snapshots, counts, events, run rows) of older runs, in batches;
+    never the current run's, never the task table."""
+    from . import config
+    from .durations import parse_duration
+    from .migrate import describe
+    from .prune import old_runs
+    from .prune import prune as prune_runs
+
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        fail(f"--older-than: {exc}")
+    before = time.time() - age
+    with inspecting(db) as conn, dbmod.read(conn):
+        targets = old_runs(conn, before)
+    if dry_run or not targets:
+        verb = "would prune" if dry_run else "nothing to prune:"
+        typer.echo(f"{verb} {len(targets)} run(s) {_ids(targets)}older than {older_than}")
+        return
+    engine = dbmod.engine(db, "scheduler")
+    try:
+        with engine.connect() as conn:
+            # Each batch waits its turn for the write lock like a person's tool would.
+            dbmod.set_busy_timeout(conn, config.INIT_BUSY_TIMEOUT)
+            done = prune_runs(conn, before)
+    except sa.exc.DatabaseError as exc:
+        fail(f"prune stopped: {describe(exc)} (what was deleted stays deleted; run it again)")
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"pruned {len(done.runs)} run(s) {_ids(done.runs)}older than {older_than}: "
+        f"{done.snapshots} snapshots, {done.counts} snapshot counts, {done.events} worker "
+        f"events and {len(done.runs)} run rows; {done.rows} rows in all"
+    )
+
+
+def _ids(run_ids: list[int]) -> str:
+    return f"({', '.join(map(str, run_ids))}) " if run_ids else ""
 
 
 def main() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from .schema import runs, snapshots, tasks, worker_events
+from .schema import runs, snapshot_counts, snapshots, tasks, worker_events
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def run_summary(conn: Connection, run_id: int) -> RunSummary:
         .group_by(intervals.c.worker_id)
         .order_by(intervals.c.worker_id)
     ).all()
-    events = dict(
+    events: dict[str, int] = dict(
         conn.execute(
             sa.select(worker_events.c.event, sa.func.count())
             .where(worker_events.c.run_id == run_id, worker_events.c.event.in_(("stale", "dead")))
@@ -85,3 +88,262 @@ def run_summary(conn: Connection, run_id: int) -> RunSummary:
         stale_episodes=events.get("stale", 0),
         dead_workers=events.get("dead", 0),
     )
+
+
+# -- the full post-run report (`sqlmon report`) ----------------------------------------------
+# Everything is aggregated in SQL: a day's history is some 86,400 snapshots and their counts.
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    worker_id: str
+    busy_seconds: float
+    seen_seconds: float  # from its first event in the run to its exit or the run's end
+    stale_episodes: int
+    longest_gap: float | None  # s without a beat, at least; None: never past stale_after
+
+    @property
+    def utilisation(self) -> float:
+        return self.busy_seconds / self.seen_seconds if self.seen_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CategoryReport:
+    category: str
+    busy_seconds: float  # worker-seconds
+    tasks_done: int | None  # None when the run's task table is not the bundled one
+    per_second: float | None  # tasks finished per second until the drain (or the run's end)
+
+
+@dataclass(frozen=True)
+class BacklogPeak:
+    pool: str
+    category: str
+    pending: int
+    at: float  # unix s: the first snapshot that saw the peak
+
+
+@dataclass(frozen=True)
+class StaleEpisode:
+    worker_id: str
+    started: float
+    seconds: float
+    outcome: str  # recovered, dead, exited, or "not recovered" (still stale at the run's end)
+
+    @property
+    def recovered(self) -> bool:
+        return self.outcome == "recovered"
+
+
+@dataclass(frozen=True)
+class DeadWorker:
+    worker_id: str
+    at: float
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class CycleStats:
+    cycles: int
+    mean: float | None
+    p95: float | None
+    max: float | None
+    writes_skipped: int
+    late: int
+
+
+@dataclass(frozen=True)
+class Report:
+    run_id: int
+    state: str  # ended, running, vanished
+    started_at: float
+    end: float  # its end, or the last snapshot while it runs or after it vanished
+    end_reason: str | None
+    drained_at: float | None  # the idle verdict that held to the end; None: never drained
+    stale_after: float | None
+    workers: list[WorkerReport]
+    categories: list[CategoryReport]
+    peaks: list[BacklogPeak]
+    stale: list[StaleEpisode]
+    dead: list[DeadWorker]
+    cycles: CycleStats
+
+    @property
+    def length(self) -> float:
+        return self.end - self.started_at
+
+    @property
+    def time_to_drain(self) -> float | None:
+        return None if self.drained_at is None else self.drained_at - self.started_at
+
+
+def run_report(
+    conn: Connection, run_id: int, *, state: str, end: float
+) -> Report:
+    """The post-run analysis of one run; `end` is the run's end or the last moment it lived."""
+    run = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).one()
+    settings = json.loads(run.config or "{}")
+    stale_after = settings.get("stale_after")
+    s = snapshots.c
+    last_busy = conn.execute(
+        sa.select(sa.func.max(s.ts)).where(s.run_id == run_id, s.idle == 0)
+    ).scalar()
+    drained_q = sa.select(sa.func.min(s.ts)).where(s.run_id == run_id, s.idle == 1)
+    if last_busy is not None:
+        drained_q = drained_q.where(s.ts > last_busy)
+    drained = conn.execute(drained_q).scalar()
+    stale, dead = troubles(conn, run_id, end)
+    gaps: dict[str, float] = {}
+    for ep in stale:
+        # Stale means no beat for stale_after s; the episode's length comes on top of that.
+        gap = ep.seconds + (stale_after or 0.0)
+        gaps[ep.worker_id] = max(gap, gaps.get(ep.worker_id, 0.0))
+    episodes = Counter(ep.worker_id for ep in stale)
+    use, per_category = _busy(conn, run_id, end)
+    workers = [
+        WorkerReport(w, busy, seen, episodes.get(w, 0), gaps.get(w)) for w, busy, seen in use
+    ]
+    done = _tasks_done(conn, settings, run.started_at, end)
+    span = (drained if drained is not None else end) - run.started_at
+    categories = []
+    for category in sorted(set(per_category) | set(done or {})):
+        n = None if done is None else done.get(category, 0)
+        categories.append(
+            CategoryReport(category, per_category.get(category, 0.0), n,
+                           None if n is None or span <= 0 else n / span)
+        )
+    return Report(
+        run_id=run_id, state=state, started_at=run.started_at, end=end,
+        end_reason=run.end_reason, drained_at=drained, stale_after=stale_after,
+        workers=workers, categories=categories, peaks=_peaks(conn, run_id), stale=stale,
+        dead=dead, cycles=_cycles(conn, run_id),
+    )
+
+
+def troubles(
+    conn: Connection, run_id: int, end: float
+) -> tuple[list[StaleEpisode], list[DeadWorker]]:
+    e = worker_events.c
+    open_: dict[str, float] = {}
+    episodes: list[StaleEpisode] = []
+    dead: list[DeadWorker] = []
+    for worker, event, ts, detail in conn.execute(
+        sa.select(e.worker_id, e.event, e.ts, e.detail)
+        .where(e.run_id == run_id, e.event.in_(("stale", "recovered", "dead", "exited")))
+        .order_by(e.id)
+    ):
+        if event == "dead":
+            dead.append(DeadWorker(worker, ts, detail))
+        if event == "stale":
+            open_[worker] = ts
+        elif worker in open_:
+            started = open_.pop(worker)
+            episodes.append(StaleEpisode(worker, started, ts - started, event))
+    for worker, started in open_.items():
+        episodes.append(StaleEpisode(worker, started, max(0.0, end - started), "not recovered"))
+    episodes.sort(key=lambda ep: (ep.started, ep.worker_id))
+    return episodes, dead
+
+
+def _busy(
+    conn: Connection, run_id: int, end: float
+) -> tuple[list[tuple[str, float, float]], dict[str, float]]:
+    """Per worker (busy s, seen s) and per category busy worker-seconds, from the run's own
+    events: the worker_intervals view would number every run's events before filtering."""
+    e = worker_events.c
+    changes = (
+        sa.select(
+            e.worker_id, e.event, e.category, e.ts.label("started"),
+            sa.func.lead(e.ts).over(partition_by=e.worker_id, order_by=e.id).label("ended"),
+        )
+        .where(
+            e.run_id == run_id,
+            e.event.in_(("joined", "busy", "idle", "category", "exited", "dead")),
+        )
+        .subquery()
+    )
+    ended = sa.case(
+        (sa.or_(changes.c.ended.is_(None), changes.c.ended > end), end), else_=changes.c.ended
+    )
+    length = sa.case((ended > changes.c.started, ended - changes.c.started), else_=0.0)
+    stretches = sa.select(changes.c.worker_id, changes.c.category, length.label("seconds")).where(
+        changes.c.event.not_in(("exited", "dead"))
+    ).subquery()
+    busy = sa.case((stretches.c.category.is_not(None), stretches.c.seconds), else_=0.0)
+    use = [
+        (w, float(b or 0.0), float(s or 0.0))
+        for w, b, s in conn.execute(
+            sa.select(stretches.c.worker_id, sa.func.sum(busy), sa.func.sum(stretches.c.seconds))
+            .group_by(stretches.c.worker_id)
+            .order_by(stretches.c.worker_id)
+        )
+    ]
+    per_category = {
+        c: float(b or 0.0)
+        for c, b in conn.execute(
+            sa.select(stretches.c.category, sa.func.sum(stretches.c.seconds))
+            .where(stretches.c.category.is_not(None))
+            .group_by(stretches.c.category)
+        )
+    }
+    return use, per_category
+
+
+def _tasks_done(
+    conn: Connection, settings: dict[str, object], started: float, end: float
+) -> dict[str, int] | None:
+    # Only the bundled task table can be counted from here: a pipeline's own table may live
+    # elsewhere, under other names.
+    if settings.get("task_table", "tasks") != "tasks" or settings.get("task_database"):
+        return None
+    return dict(
+        conn.execute(  # type: ignore[arg-type]
+            sa.select(tasks.c.category, sa.func.count())
+            .where(tasks.c.status == "done", tasks.c.finished_at.between(started, end))
+            .group_by(tasks.c.category)
+        ).all()
+    )
+
+
+def _peaks(conn: Connection, run_id: int) -> list[BacklogPeak]:
+    c, s = snapshot_counts.c, snapshots.c
+    counts = sa.join(snapshot_counts, snapshots, s.id == c.snapshot_id)
+    peaks = (
+        sa.select(c.pool, c.category, sa.func.max(c.pending).label("peak"))
+        .select_from(counts)
+        .where(s.run_id == run_id)
+        .group_by(c.pool, c.category)
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(c.pool, c.category, peaks.c.peak, sa.func.min(s.ts))
+        .select_from(counts.join(
+            peaks,
+            sa.and_(peaks.c.pool == c.pool, peaks.c.category == c.category,
+                    peaks.c.peak == c.pending),
+        ))
+        .where(s.run_id == run_id)
+        .group_by(c.pool, c.category, peaks.c.peak)
+        .order_by(c.pool, c.category)
+    )
+    return [BacklogPeak(pool, category, int(peak), float(at)) for pool, category, peak, at in rows]
+
+
+def _cycles(conn: Connection, run_id: int) -> CycleStats:
+    s = snapshots.c
+    n, mean, top, skipped, late = conn.execute(
+        sa.select(sa.func.count(), sa.func.avg(s.cycle_seconds), sa.func.max(s.cycle_seconds),
+                  sa.func.sum(s.writes_skipped), sa.func.sum(s.late))
+        .where(s.run_id == run_id)
+    ).one()
+    p95 = None
+    if n:
+        # The nearest-rank 95th percentile: one sorted read of a single column.
+        p95 = conn.execute(
+            sa.select(s.cycle_seconds)
+            .where(s.run_id == run_id)
+            .order_by(s.cycle_seconds)
+            .limit(1)
+            .offset(max(0, math.ceil(0.95 * n) - 1))
+        ).scalar()
+    return CycleStats(int(n), mean, p95, top, int(skipped or 0), int(late or 0))

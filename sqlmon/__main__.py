@@ -1,0 +1,5 @@
+"""`python -m sqlmon`: the same as the `sqlmon` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,371 @@
+"""Text for people and for scripts, from the plain data in queries.py and report.py.
+
+Pure functions, tested against exact strings. Times print in local time; every string that
+came from the database goes through `clean` first: a worker id may hold terminal escapes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import config
+from .durations import format_length, format_time, iso_time
+from .queries import EventLine, RunLine, SnapshotLine, Status
+from .report import Report
+
+FORMATS = ("table", "json", "csv")
+
+# C0 and C1 controls, DEL, and the bidirectional overrides that can reorder a line on screen.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(value: object) -> str:
+    """A value as printable text: control characters shown as escapes, never obeyed."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    from tabulate import tabulate  # here, not at import: `import sqlmon` must not pay for it
+
+    rows = [list(row) for row in rows]
+    if not rows:
+        return "(none)"
+    # Numbers align right; strings are never parsed as numbers (a worker named 007 stays 007).
+    align = [
+        "right" if all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in rows)
+        else "left"
+        for i in range(len(headers))
+    ]
+    cleaned = [[v if isinstance(v, int | float) else clean(v) for v in row] for row in rows]
+    return tabulate(cleaned, headers=list(headers), disable_numparse=True, colalign=align)
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def _plain(value: object) -> object:
+    return value
+
+
+def _shown(value: object) -> object:
+    """A number stays a number, so that the table aligns it right; anything else is cleaned."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else clean(value)
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str  # for people
+    key: str  # for scripts: the JSON key and the CSV header
+    get: Callable[[Any], object]
+    human: Callable[[Any], object] = _shown
+    machine: Callable[[Any], object] = _plain
+
+
+def _time(header: str, key: str, get: Callable[[Any], object]) -> Column:
+    return Column(header, key, get, format_time, iso_time)  # type: ignore[arg-type]
+
+
+def _length(header: str, key: str, get: Callable[[Any], object]) -> Column:
+    return Column(header, key, get, format_length, _seconds)  # type: ignore[arg-type]
+
+
+def listing(rows: Sequence[Any], columns: Sequence[Column], fmt: str) -> str:
+    """Rows as a table, a JSON array of objects, or CSV with a header line."""
+    if fmt == "json":
+        return json.dumps(
+            [{c.key: c.machine(c.get(r)) for c in columns} for r in rows], indent=2
+        )
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([c.key for c in columns])
+        for r in rows:
+            writer.writerow([clean(c.machine(c.get(r))) for c in columns])
+        return out.getvalue().rstrip("\n")
+    return _table([c.header for c in columns], ([c.human(c.get(r)) for c in columns] for r in rows))
+
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "no"
+
+
+# -- runs, history, events --------------------------------------------------------------------
+
+RUN_COLUMNS = (
+    Column("run", "run_id", lambda r: r.run_id),
+    _time("started", "started_at", lambda r: r.started_at),
+    _time("ended", "ended_at", lambda r: r.ended_at),
+    _length("length", "length_seconds", lambda r: r.length),
+    Column("state", "state", lambda r: r.state),
+    Column("end reason", "end_reason", lambda r: r.end_reason,
+           lambda v: clean(v) if v else "-"),
+    Column("snapshots", "snapshots", lambda r: r.snapshots),
+    Column("scheduler", "scheduler", lambda r: f"pid {r.pid} on {r.host}"),
+)
+
+
+def runs_text(rows: Sequence[RunLine], fmt: str = "table") -> str:
+    return listing(rows, RUN_COLUMNS, fmt)
+
+
+HISTORY_COLUMNS = (
+    _time("time", "ts", lambda s: s.ts),
+    Column("cycle", "cycle", lambda s: s.cycle),
+    Column("busy", "workers_busy", lambda s: s.workers_busy),
+    Column("idle", "workers_idle", lambda s: s.workers_idle),
+    Column("stale", "workers_stale", lambda s: s.workers_stale),
+    Column("dead", "workers_dead", lambda s: s.workers_dead),
+    Column("pending", "backlog_pending", lambda s: s.backlog_pending),
+    Column("running", "backlog_running", lambda s: s.backlog_running),
+    Column("verdict", "idle", lambda s: s.idle, lambda v: "idle" if v else "-", bool),
+    _length("cycle time", "cycle_seconds", lambda s: s.cycle_seconds),
+    Column("skipped", "writes_skipped", lambda s: s.writes_skipped),
+    Column("late", "late", lambda s: s.late, lambda v: "late" if v else "-", bool),
+)
+
+
+def history_text(rows: Sequence[SnapshotLine], fmt: str = "table") -> str:
+    return listing(rows, HISTORY_COLUMNS, fmt)
+
+
+EVENT_COLUMNS = (
+    _time("time", "ts", lambda e: e.ts),
+    Column("run", "run_id", lambda e: e.run_id),
+    Column("worker", "worker_id", lambda e: e.worker_id),
+    Column("event", "event", lambda e: e.event),
+    Column("category", "category", lambda e: e.category, lambda v: clean(v) if v else "-"),
+    Column("pid", "pid", lambda e: e.pid, lambda v: clean(v) if v is not None else "-"),
+    Column("detail", "detail", lambda e: e.detail, lambda v: clean(v) if v else ""),
+)
+
+
+def events_text(rows: Sequence[EventLine], fmt: str = "table") -> str:
+    return listing(rows, EVENT_COLUMNS, fmt)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def status_data(st: Status) -> dict[str, object]:
+    """Status for scripts: a JSON object."""
+    s = st.scheduler
+    return {
+        "now": iso_time(st.now),
+        "scheduler": None if s is None else {
+            "run_id": s.run_id,
+            "pid": s.pid,
+            "host": s.host,
+            "cycle": s.cycle,
+            "heartbeat": iso_time(s.heartbeat),
+            "heartbeat_age_seconds": _seconds(s.age(st.now)),
+            "alive": s.alive(st.now),
+            "run_ended": iso_time(s.ended_at),
+            "end_reason": s.end_reason,
+            "stop_seen": s.stop_seen,
+        },
+        "idle": None if s is None else {
+            "idle": s.idle and s.alive(st.now),
+            "idle_since": iso_time(s.idle_since),
+            "not_idle_reason": s.not_idle_reason,
+        },
+        "workers": [
+            {
+                "worker_id": w.worker_id, "pool": w.pool, "pid": w.pid, "host": w.host,
+                "category": w.category, "state": w.state, "beats": w.beats,
+                "heartbeat_age_seconds": _seconds(st.now - w.last_heartbeat),
+            }
+            for w in st.workers
+        ],
+        "backlog": {
+            "snapshot_time": iso_time(st.backlog_ts),
+            "cycle": st.backlog_cycle,
+            "counts": [
+                {"pool": b.pool, "category": b.category, "pending": b.pending,
+                 "running": b.running, "busy_workers": b.busy}
+                for b in st.backlog
+            ],
+        },
+    }
+
+
+def status_text(st: Status, fmt: str = "table") -> str:
+    """The picture now: the scheduler, the idle row, the workers, the backlog."""
+    if fmt == "json":
+        return json.dumps(status_data(st), indent=2)
+    if fmt == "csv":
+        return listing(st.workers, _worker_columns(st.now), "csv")
+    s = st.scheduler
+    if s is None:
+        lines = ["scheduler: none has run on this database yet"]
+    else:
+        age = format_length(s.age(st.now))
+        if s.ended_at is not None:
+            health = f"stopped at {format_time(s.ended_at)} ({clean(s.end_reason)})"
+        elif s.alive(st.now):
+            health = "alive"
+        else:
+            fresh = format_length(config.fresh_for(s.interval))
+            health = f"NOT RESPONDING (fresh means under {fresh}; run {s.run_id} vanished?)"
+        lines = [
+            f"scheduler: run {s.run_id}, cycle {s.cycle}, heartbeat {age} ago, "
+            f"pid {s.pid} on {clean(s.host)}: {health}",
+        ]
+        if s.idle and s.alive(st.now):
+            lines.append(f"idle: yes, since {format_time(s.idle_since)}")
+        else:
+            lines.append(f"idle: no: {clean(s.not_idle_reason) or 'the scheduler is not alive'}")
+        if s.stop_seen:
+            lines.append("stop: seen (the pipeline asked to stop; monitoring goes on)")
+    lines += ["", f"workers ({len(st.workers)}):", listing(st.workers, _worker_columns(st.now),
+                                                          "table")]
+    when = (
+        f" (cycle {st.backlog_cycle}, {format_time(st.backlog_ts)})"
+        if st.backlog_ts is not None else ""
+    )
+    lines += ["", f"backlog{when}:", _table(
+        ("pool", "category", "pending", "running", "busy workers"),
+        ((b.pool, b.category, b.pending, b.running, b.busy) for b in st.backlog),
+    )]
+    return "\n".join(lines)
+
+
+def _worker_columns(now: float) -> tuple[Column, ...]:
+    return (
+        Column("worker", "worker_id", lambda w: w.worker_id),
+        Column("pool", "pool", lambda w: w.pool),
+        Column("pid", "pid", lambda w: w.pid),
+        Column("category", "category", lambda w: w.category, lambda v: clean(v) if v else "-"),
+        _length("heartbeat age", "heartbeat_age_seconds", lambda w: now - w.last_heartbeat),
+        Column("state", "state", lambda w: w.state),
+        Column("beats", "beats", lambda w: w.beats),
+    )
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def report_data(r: Report) -> dict[str, object]:
+    """The report for scripts: a JSON object, seconds as numbers and times in ISO 8601."""
+    c = r.cycles
+    return {
+        "run_id": r.run_id,
+        "state": r.state,
+        "started_at": iso_time(r.started_at),
+        "end": iso_time(r.end),
+        "end_reason": r.end_reason,
+        "length_seconds": _seconds(r.length),
+        "drained_at": iso_time(r.drained_at),
+        "time_to_drain_seconds": _seconds(r.time_to_drain),
+        "workers": [
+            {"worker_id": w.worker_id, "busy_seconds": _seconds(w.busy_seconds),
+             "seen_seconds": _seconds(w.seen_seconds), "utilisation": round(w.utilisation, 4),
+             "stale_episodes": w.stale_episodes, "longest_gap_seconds": _seconds(w.longest_gap)}
+            for w in r.workers
+        ],
+        "categories": [
+            {"category": k.category, "busy_worker_seconds": _seconds(k.busy_seconds),
+             "tasks_done": k.tasks_done,
+             "tasks_per_second": None if k.per_second is None else round(k.per_second, 4)}
+            for k in r.categories
+        ],
+        "backlog_peaks": [
+            {"pool": p.pool, "category": p.category, "pending": p.pending, "at": iso_time(p.at)}
+            for p in r.peaks
+        ],
+        "stale_episodes": [
+            {"worker_id": e.worker_id, "started": iso_time(e.started),
+             "seconds": _seconds(e.seconds), "outcome": e.outcome, "recovered": e.recovered}
+            for e in r.stale
+        ],
+        "dead_workers": [
+            {"worker_id": d.worker_id, "at": iso_time(d.at), "detail": d.detail} for d in r.dead
+        ],
+        "cycles": {
+            "count": c.cycles, "mean_seconds": _seconds(c.mean), "p95_seconds": _seconds(c.p95),
+            "max_seconds": _seconds(c.max), "writes_skipped": c.writes_skipped, "late": c.late,
+        },
+    }
+
+
+def report_text(r: Report, fmt: str = "table") -> str:
+    """The post-run analysis, section by section."""
+    if fmt == "json":
+        return json.dumps(report_data(r), indent=2)
+    if fmt == "csv":
+        return listing(r.workers, _REPORT_WORKERS, "csv")
+    drain = (
+        f"drained in {format_length(r.time_to_drain)} (idle from {format_time(r.drained_at)})"
+        if r.drained_at is not None else "never drained (no lasting idle verdict)"
+    )
+    end = {
+        "ended": f"ended {format_time(r.end)} ({clean(r.end_reason)})",
+        "running": f"still running (last snapshot {format_time(r.end)})",
+        "vanished": f"vanished without ending (last snapshot {format_time(r.end)})",
+    }[r.state]
+    c = r.cycles
+    gap_note = (
+        f"; gaps under stale_after ({format_length(r.stale_after)}) show as -"
+        if r.stale_after else ""
+    )
+    sections = [
+        f"run {r.run_id}: started {format_time(r.started_at)}, {end}",
+        f"length {format_length(r.length)}; {drain}",
+        "",
+        f"workers{gap_note}:",
+        listing(r.workers, _REPORT_WORKERS, "table"),
+        "",
+        "categories (tasks per second until the drain):",
+        _table(
+            ("category", "busy worker-s", "tasks done", "tasks/s"),
+            (
+                (k.category, f"{k.busy_seconds:.1f}",
+                 "-" if k.tasks_done is None else k.tasks_done,
+                 "-" if k.per_second is None else f"{k.per_second:.2f}")
+                for k in r.categories
+            ),
+        ),
+        "",
+        "backlog peaks:",
+        _table(
+            ("pool", "category", "peak pending", "at"),
+            ((p.pool, p.category, p.pending, format_time(p.at)) for p in r.peaks),
+        ),
+        "",
+        f"stale episodes ({len(r.stale)}):",
+        _table(
+            ("worker", "started", "length", "outcome"),
+            ((e.worker_id, format_time(e.started), format_length(e.seconds), e.outcome)
+             for e in r.stale),
+        ),
+        "",
+        f"dead workers ({len(r.dead)}):",
+        _table(
+            ("worker", "at", "detail"),
+            ((d.worker_id, format_time(d.at), d.detail or "") for d in r.dead),
+        ),
+        "",
+        f"scheduler cycles: {c.cycles}; cycle time mean {format_length(c.mean)}, "
+        f"p95 {format_length(c.p95)}, max {format_length(c.max)}; "
+        f"writes skipped {c.writes_skipped}; late cycles {c.late}",
+    ]
+    return "\n".join(sections)
+
+
+_REPORT_WORKERS = (
+    Column("worker", "worker_id", lambda w: w.worker_id),
+    _length("busy", "busy_seconds", lambda w: w.busy_seconds),
+    _length("seen", "seen_seconds", lambda w: w.seen_seconds),
+    Column("utilisation", "utilisation", lambda w: w.utilisation, lambda v: f"{v:.0%}",
+           lambda v: round(v, 4)),
+    Column("stale episodes", "stale_episodes", lambda w: w.stale_episodes),
+    _length("longest beat gap", "longest_gap_seconds", lambda w: w.longest_gap),
+)

@@ -1,0 +1,258 @@
+"""A run's timeline: per worker, its busy / idle / stale stretches, and the backlog per category
+over time. `load` reads them; `text` draws a Gantt chart for a terminal and `html` one
+self-contained page (inline SVG: no network, no external assets). The renderers are pure.
+"""
+
+from __future__ import annotations
+
+import html as htmlmod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from .durations import format_length, format_time
+from .render import clean
+from .report import troubles
+from .schema import snapshot_counts, snapshots, worker_events
+
+IDLE, STALE = "idle", "stale"
+IDLE_MARK, STALE_MARK = ".", "!"
+
+
+@dataclass(frozen=True)
+class Stretch:
+    start: float
+    end: float
+    key: str  # a category (busy), IDLE or STALE
+
+
+@dataclass(frozen=True)
+class Lane:
+    worker_id: str
+    stretches: list[Stretch]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    run_id: int
+    start: float
+    end: float
+    lanes: list[Lane]
+    categories: list[str]
+    backlog: dict[str, list[tuple[float, int]]]  # category -> (ts, pending), downsampled
+
+
+def load(conn: Connection, run_id: int, start: float, end: float, points: int = 400) -> Timeline:
+    """The run's stretches, clipped to [start, end], and at most `points` backlog samples per
+    category (the peak of each slice of time, aggregated in SQL)."""
+    e = worker_events.c
+    changes = (
+        sa.select(
+            e.worker_id, e.event, e.category, e.ts,
+            sa.func.lead(e.ts).over(partition_by=e.worker_id, order_by=e.id).label("ended"),
+        )
+        .where(
+            e.run_id == run_id,
+            e.event.in_(("joined", "busy", "idle", "category", "exited", "dead")),
+        )
+        .subquery()
+    )
+    lanes: dict[str, list[Stretch]] = {}
+    for worker, event, category, ts, ended in conn.execute(
+        sa.select(changes).order_by(changes.c.worker_id, changes.c.ts)
+    ):
+        lanes.setdefault(worker, [])
+        if event in ("exited", "dead"):
+            continue
+        stop = end if ended is None else min(ended, end)
+        if stop > ts:
+            lanes[worker].append(Stretch(ts, stop, category if category is not None else IDLE))
+    for ep in troubles(conn, run_id, end)[0]:
+        lanes.setdefault(ep.worker_id, []).append(
+            Stretch(ep.started, ep.started + ep.seconds, STALE)
+        )
+    categories = sorted({s.key for ss in lanes.values() for s in ss} - {IDLE, STALE})
+    c, s = snapshot_counts.c, snapshots.c
+    span = max(end - start, 1e-9)
+    bucket = sa.cast((s.ts - start) * points / span, sa.Integer)
+    backlog: dict[str, list[tuple[float, int]]] = {}
+    for category, ts, pending in conn.execute(
+        sa.select(c.category, sa.func.min(s.ts), sa.func.max(c.pending))
+        .select_from(sa.join(snapshot_counts, snapshots, s.id == c.snapshot_id))
+        .where(s.run_id == run_id)
+        .group_by(c.category, bucket)
+        .order_by(c.category, sa.func.min(s.ts))
+    ):
+        backlog.setdefault(category, []).append((float(ts), int(pending)))
+    return Timeline(
+        run_id, start, end,
+        [Lane(w, sorted(ss, key=lambda x: x.start)) for w, ss in sorted(lanes.items())],
+        categories, backlog,
+    )
+
+
+def symbols(categories: Iterable[str]) -> dict[str, str]:
+    """One letter per category: its first unused letter, else a digit."""
+    out: dict[str, str] = {}
+    for category in sorted(categories):
+        letters = [ch.upper() for ch in category if ch.isalnum()] + list("0123456789")
+        out[category] = next((ch for ch in letters if ch not in out.values()), "?")
+    return out
+
+
+def columns(lane: Lane, start: float, end: float, width: int) -> list[str | None]:
+    """What fills most of each of `width` equal slices of [start, end]; stale beats busy on a
+    tie (a stale worker still holds its category); None where the worker did not exist."""
+    step = (end - start) / width if end > start else 1.0
+    cover: list[dict[str, float]] = [{} for _ in range(width)]
+    for s in lane.stretches:
+        a, b = max(s.start, start), min(s.end, end)
+        if b <= a:
+            continue
+        first, last = int((a - start) / step), min(width - 1, int((b - start) / step))
+        for i in range(first, last + 1):
+            lo, hi = start + i * step, start + (i + 1) * step
+            overlap = min(b, hi) - max(a, lo)
+            if overlap > 0 or (a == b == lo):
+                cover[i][s.key] = cover[i].get(s.key, 0.0) + overlap
+    return [
+        max(c, key=lambda k: (c[k], k == STALE)) if c else None
+        for c in cover
+    ]
+
+
+# ANSI colours for categories, in symbol order; stale is red on white, idle uncoloured.
+_COLOURS = ("32", "34", "35", "36", "33", "92", "94", "95", "96", "93")
+_RESET = "\x1b[0m"
+
+
+def text(tl: Timeline, width: int = 80, colour: bool = False) -> str:
+    """A Gantt chart `width` characters wide: one line per worker, a letter per category."""
+    marks = symbols(tl.categories)
+    paint = {cat: _COLOURS[i % len(_COLOURS)] for i, cat in enumerate(sorted(marks))}
+    names = {lane.worker_id: clean(lane.worker_id)[:20] for lane in tl.lanes}
+    label = max([len(n) for n in names.values()] + [6])
+    bar = max(10, width - label - 3)
+    step = (tl.end - tl.start) / bar if tl.end > tl.start else 0.0
+    lines = [
+        f"run {tl.run_id}: {format_time(tl.start)} to {format_time(tl.end)} "
+        f"({format_length(tl.end - tl.start)}), one column = {format_length(step)}"
+    ]
+    for lane in tl.lanes:
+        cells = columns(lane, tl.start, tl.end, bar)
+        out, i = [], 0
+        while i < len(cells):
+            j = i
+            while j < len(cells) and cells[j] == cells[i]:
+                j += 1
+            key = cells[i]
+            mark = " " if key is None else IDLE_MARK if key == IDLE else (
+                STALE_MARK if key == STALE else marks[key])
+            run = mark * (j - i)
+            if colour and key is not None and key != IDLE:
+                code = "1;31;47" if key == STALE else paint[key]
+                run = f"\x1b[{code}m{run}{_RESET}"
+            out.append(run)
+            i = j
+        lines.append(f"{names[lane.worker_id]:<{label}} |{''.join(out)}|")
+    if not tl.lanes:
+        lines.append("(no worker events in this run)")
+    legend = [f"{marks[c]} {clean(c)}" for c in sorted(marks, key=marks.__getitem__)]
+    legend += [f"{IDLE_MARK} idle", f"{STALE_MARK} stale", "blank: not running"]
+    lines.append("legend: " + ", ".join(legend))
+    return "\n".join(lines)
+
+
+# -- the HTML page -------------------------------------------------------------------------------
+
+_HEX = ("#2e7d32", "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#9e9d24", "#4527a0",
+        "#ad1457", "#00695c", "#5d4037")
+_PLOT, _LEFT, _LANE = 900, 170, 18
+
+
+def html(tl: Timeline) -> str:
+    """One self-contained page: the Gantt chart and the backlog per category, as inline SVG."""
+    esc = htmlmod.escape
+    colours = {c: _HEX[i % len(_HEX)] for i, c in enumerate(tl.categories)}
+    colours[IDLE], colours[STALE] = "#e0e0e0", "#d32f2f"
+    span = tl.end - tl.start if tl.end > tl.start else 1.0
+
+    def x(ts: float) -> float:
+        return round(_LEFT + (ts - tl.start) / span * _PLOT, 1)
+
+    gantt = []
+    for row, lane in enumerate(tl.lanes):
+        y = 24 + row * _LANE
+        name = esc(clean(lane.worker_id))
+        gantt.append(f'<text x="{_LEFT - 6}" y="{y + 13}" text-anchor="end">{name}</text>')
+        cells = columns(lane, tl.start, tl.end, _PLOT)
+        i = 0
+        while i < len(cells):
+            j = i
+            while j < len(cells) and cells[j] == cells[i]:
+                j += 1
+            key = cells[i]
+            if key is not None:
+                what = "idle" if key == IDLE else "stale" if key == STALE else f"busy in {key}"
+                t0, t1 = tl.start + i * span / _PLOT, tl.start + j * span / _PLOT
+                gantt.append(
+                    f'<rect x="{_LEFT + i}" y="{y + 2}" width="{j - i}" height="{_LANE - 4}" '
+                    f'fill="{colours[key]}"><title>{name}: {esc(clean(what))} '
+                    f"{esc(format_time(t0))} to {esc(format_time(t1))}</title></rect>"
+                )
+            i = j
+    gantt_h = 24 + len(tl.lanes) * _LANE + 24
+    gantt += _axis(tl, x, gantt_h - 20)
+    peak = max([p for pts in tl.backlog.values() for _, p in pts] + [1])
+    chart_h = 200
+    lines = []
+    for category, pts in sorted(tl.backlog.items()):
+        path = " ".join(f"{x(ts)},{round(10 + (1 - p / peak) * chart_h, 1)}" for ts, p in pts)
+        colour = colours.get(category, "#444")
+        lines.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}">'
+            f"<title>{esc(clean(category))}</title></polyline>"
+        )
+    lines.append(f'<text x="{_LEFT - 6}" y="16" text-anchor="end">{peak}</text>')
+    lines.append(f'<text x="{_LEFT - 6}" y="{10 + chart_h}" text-anchor="end">0</text>')
+    lines += _axis(tl, x, chart_h + 30)
+    legend = " ".join(
+        f'<span><i style="background:{colours[k]}"></i>{esc(clean(k))}</span>'
+        for k in [*tl.categories, IDLE, STALE]
+    )
+    title = f"sqlmon run {tl.run_id}: {format_time(tl.start)} to {format_time(tl.end)}"
+    width = _LEFT + _PLOT + 20
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        "<style>body{font:13px sans-serif;margin:20px}svg text{font:11px sans-serif}"
+        "span{margin-right:14px}i{display:inline-block;width:10px;height:10px;"
+        "margin-right:4px}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{legend}</p>",
+        "<h2>Workers</h2>",
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{gantt_h}">',
+        *gantt,
+        "</svg>",
+        "<h2>Backlog: pending tasks per category</h2>",
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{chart_h + 40}">',
+        *lines,
+        "</svg>",
+        "</body></html>",
+        "",
+    ])
+
+
+def _axis(tl: Timeline, x: object, y: float) -> list[str]:
+    out = []
+    for k in range(5):
+        ts = tl.start + (tl.end - tl.start) * k / 4
+        anchor = "start" if k == 0 else "end" if k == 4 else "middle"
+        out.append(
+            f'<text x="{x(ts)}" y="{y + 12}" text-anchor="{anchor}">'  # type: ignore[operator]
+            f"{htmlmod.escape(format_time(ts)[11:])}</text>"
+        )
+    return out
