@@ -1,4 +1,4 @@
-"""`python -m sqlmon`: the same as the `sqlmon` command."""
+"""`python -m sqlmon` is the `sqlmon` command."""
 
 from .cli import main
 

@@ -49,7 +49,7 @@ class DemoSettings:
     gpu_workers: int = 3
     cpu_workers: int = 5
     videos: int = 3
-    frames: int = 8
+    frames: int = 16
     length: float = 1.0  # scales every task's simulated work
     stuck: bool = False
     interval: float = 0.5
@@ -157,6 +157,8 @@ def run(settings: DemoSettings) -> dict[str, Any]:
     init_db(settings.db)
     ctx = multiprocessing.get_context(settings.start_method)
     stop, terminate = ctx.Event(), ctx.Event()
+    # The monitor goes last, so that its history holds every worker's exit.
+    monitor_done = ctx.Event()
     engine = dbmod.engine(settings.db, "admin")
     with engine.connect() as conn:
         enqueue(conn, workload(settings.videos, settings.frames, time.time()))
@@ -164,7 +166,7 @@ def run(settings: DemoSettings) -> dict[str, Any]:
     scheduler = Scheduler(
         settings.db,
         stop=stop,
-        terminate=terminate,
+        terminate=monitor_done,
         interval=settings.interval,
         stale_after=settings.stale_after,
         warn_after=settings.warn_after,
@@ -191,17 +193,44 @@ def run(settings: DemoSettings) -> dict[str, Any]:
     finally:
         stop.set()  # the pipeline's own flags: set by the main process, never by sqlmon
         terminate.set()
-        for p in [*workers, scheduler]:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _join(workers)
+        _next_cycle(settings.db, timeout=5 * settings.interval)
+        monitor_done.set()
+        _join([scheduler])
     return {
         "idle": idle,
         "seconds": drained - started,
         "run_id": _latest_run(settings.db),
         "exit_codes": {p.name: p.exitcode for p in [*workers, scheduler]},
     }
+
+
+def _join(processes: list[Any]) -> None:
+    for p in processes:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _next_cycle(db: str, timeout: float) -> None:
+    """Wait until the scheduler completes one more cycle (or `timeout` s pass)."""
+    from .schema import scheduler_state
+
+    engine = dbmod.engine(db, "read")
+    query = sa.select(scheduler_state.c.cycle)
+    try:
+        with engine.connect() as conn:
+            with dbmod.read(conn):
+                first = conn.execute(query).scalar()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                with dbmod.read(conn):
+                    if conn.execute(query).scalar() != first:
+                        return
+    finally:
+        engine.dispose()
 
 
 def _latest_run(db: str) -> int | None:

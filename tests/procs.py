@@ -29,3 +29,44 @@ def beat_then_hang(db: str, worker_id: str, pool: str, category: str | None) -> 
     hb = Heartbeat(db, worker_id, pool)
     hb.beat(category)
     time.sleep(3600)
+
+
+def chain_worker(db: str, worker_id: str, pool: str, terminate, gap: float, steps: int) -> None:
+    """A pipeline worker with the race windows left wide open: it claims a task, waits `gap`
+    before saying so in its heartbeat, and enqueues a successor in the same transaction that
+    marks a task done."""
+    import sqlite3
+
+    hb = Heartbeat(db, worker_id, pool, min_interval=0.0)
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    while not terminate.is_set():
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "UPDATE tasks SET status = 'running', worker_id = ?, started_at = ? WHERE id = "
+            "(SELECT id FROM tasks WHERE status = 'pending' ORDER BY id LIMIT 1) "
+            "RETURNING id, category, payload",
+            (worker_id, time.time()),
+        ).fetchone()
+        conn.execute("COMMIT")
+        if row is None:
+            hb.beat(None)
+            terminate.wait(0.005)
+            continue
+        task_id, category, payload = row
+        time.sleep(gap)  # claimed, not yet in the heartbeat
+        hb.beat(category)
+        time.sleep(gap)
+        step = int(category.split("-")[1])
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE tasks SET status = 'done', finished_at = ? WHERE id = ?",
+                     (time.time(), task_id))
+        if step + 1 < steps:
+            conn.execute(
+                "INSERT INTO tasks (category, pool, status, created_at, payload) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                (f"STEP-{step + 1}", pool, time.time(), payload),
+            )
+        conn.execute("COMMIT")
+        hb.beat(None)
+    hb.close()
+    conn.close()
