@@ -133,10 +133,15 @@ def _configure_sqlite(eng: Engine, role: Role) -> None:
                 cur.execute("PRAGMA query_only = 1")
                 return
             if role in ("admin", "scheduler"):
-                mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                try:
+                    mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                except sqlite3.OperationalError as exc:
+                    # e.g. the -wal file cannot be created: say WAL, not just "disk I/O error".
+                    mode = f"an error: {exc}"
                 if str(mode).lower() != "wal":
                     raise DatabaseError(
-                        f"WAL journal mode did not engage (got {mode!r}); sqlmon needs WAL"
+                        f"WAL journal mode did not engage (got {mode}); sqlmon needs WAL: "
+                        "check that the database's directory is local and writable"
                     )
             # NORMAL is durable against a killed process in WAL mode; only power loss can
             # drop the last commits, never corrupt the file.

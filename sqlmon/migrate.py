@@ -8,6 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
+from . import config
 from . import db as dbmod
 from .errors import DatabaseError, NotInitialised, SchemaTooNew, SchemaTooOld
 from .schema import HEAD, REVISIONS, VERSION_TABLE
@@ -22,10 +23,12 @@ def migrations_dir() -> Path:
     raise DatabaseError("sqlmon's migrations are missing from this installation")
 
 
-def init_db(db: str | os.PathLike[str] | URL) -> None:
+def init_db(db: str | os.PathLike[str] | URL, *, file_mode: int = config.DB_FILE_MODE) -> None:
     """Create the database and its schema, or upgrade it; a no-op when it is current.
 
     Safe when several processes call it at once: the migrations run under the write lock.
+    A new file gets the permission bits `file_mode` (owner-only by default); -wal and -shm
+    follow the database's.
     """
     from alembic import command
     from alembic.config import Config
@@ -36,7 +39,7 @@ def init_db(db: str | os.PathLike[str] | URL) -> None:
         if os.path.isfile(path) and os.path.getsize(path) > 0:
             _refuse_foreign(url)  # before the admin connection turns on WAL: change nothing
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = dbmod.engine(url, "admin")
+    engine = dbmod.engine(url, "admin", file_mode=file_mode)
     try:
         with engine.connect() as conn, dbmod.write(conn):
             if _known(conn, url) == HEAD:
