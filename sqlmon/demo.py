@@ -173,8 +173,8 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         start_method=settings.start_method,
     )
     hang = settings.warn_after + 2 * settings.interval + 1.0 if settings.stuck else 0.0
-    workers = [
-        ctx.Process(
+    workers: list[Any] = [
+        ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(settings.db, f"{pool}-{i + 1}", pool, terminate, settings.length,
                   hang if (pool, i) == (GPU, 0) else 0.0),

@@ -147,7 +147,7 @@ class Heartbeat:
         self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
         self._engine, self._conn = engine, conn
         # The connection autocommits (see db.py): the upsert is one small transaction.
-        self._cursor = conn.driver_connection.cursor()
+        self._cursor = conn.driver_connection.cursor()  # type: ignore[union-attr]
 
     def _write(self, category: Any, now: float, exited: bool = False) -> None:
         try:
@@ -196,7 +196,7 @@ def _upsert(name: str) -> Any:
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
     t = worker_status
     stmt = insert(t).values({c: sa.bindparam(c) for c in _COLUMNS})
     ex = stmt.excluded
@@ -212,7 +212,7 @@ def _upsert(name: str) -> Any:
     )
 
 
-_ONE = sa.literal_column("1")  # rendered in the SQL: the prepared statement binds no constant
+_ONE: Any = sa.literal_column("1")  # rendered in the SQL: the prepared statement binds no constant
 _COLUMNS = (
     "worker_id",
     "pid",

@@ -45,7 +45,7 @@ def start_run(
         sa.insert(runs).values(
             started_at=now, pid=pid, host=host, config=json.dumps(settings, sort_keys=True)
         )
-    ).inserted_primary_key[0]
+    ).inserted_primary_key[0]  # type: ignore[index]
     _set_state(
         conn,
         run_id=run_id,
@@ -90,7 +90,7 @@ def record(
             writes_skipped=writes_skipped,
             late=int(cycle.late),
         )
-    ).inserted_primary_key[0]
+    ).inserted_primary_key[0]  # type: ignore[index]
     if cycle.counts:
         conn.execute(
             sa.insert(snapshot_counts),

@@ -68,7 +68,7 @@ class Scheduler(multiprocessing.Process):
         dbmod.preflight(db, warn=False)  # fail here, in the parent, not in the child
         self.backlog = backlog if backlog is not None else TaskTable()
         self.db = dbmod.url_text(db)
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "interval": float(interval),
             "stale_after": float(stale_after),
             "warn_after": float(warn_after),
@@ -84,7 +84,7 @@ class Scheduler(multiprocessing.Process):
         # connections cannot be pickled into a spawned child, and must not cross a fork.
         self._opened = False
 
-    def _Popen(self, process_obj: Any) -> Any:  # noqa: N802 (multiprocessing's name)
+    def _Popen(self, process_obj: Any) -> Any:  # type: ignore[override]  # noqa: N802
         # multiprocessing.Process always starts with the default context; this lets a caller
         # pick fork, spawn or forkserver for this process alone (None keeps the default).
         return multiprocessing.get_context(self.start_method).Process._Popen(process_obj)  # type: ignore[attr-defined]
@@ -162,9 +162,10 @@ class Scheduler(multiprocessing.Process):
         self._url = dbmod.to_url(self.db)
         self._engine = dbmod.engine(self._url, "scheduler")
         self._conn = self._engine.connect()
-        separate = self.backlog.database is not None
         # The task table in its own file is opened read-only: the monitor never takes its lock.
-        self._task_engine = dbmod.engine(self.backlog.database, "read") if separate else None
+        self._task_engine = (
+            dbmod.engine(self.backlog.database, "read") if self.backlog.database else None
+        )
         self._task_conn = self._task_engine.connect() if self._task_engine else None
         s = self.settings
         self.monitor = Monitor(
@@ -203,7 +204,7 @@ class Scheduler(multiprocessing.Process):
             if self._task_conn is not None:
                 with dbmod.read(self._task_conn):
                     counts, high = self.backlog.read(self._task_conn)
-        except sa.exc.DBAPIError as exc:
+        except sa.exc.DatabaseError as exc:
             return Observation(read_started=now, error=describe(exc))
         return Observation(read_started=now, workers=workers, backlog=counts, high_water=high)
 
@@ -265,7 +266,7 @@ class Scheduler(multiprocessing.Process):
             with dbmod.write(self._conn):
                 history.end_run(self._conn, self.run_id, now=now, reason=reason)
             log.info("scheduler run %d ended (%s)", self.run_id, reason)
-        except sa.exc.DBAPIError as exc:
+        except sa.exc.DatabaseError as exc:
             log.error("scheduler could not close run %d: %s", self.run_id, describe(exc))
         finally:
             self._conn.close()
