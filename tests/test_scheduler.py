@@ -165,7 +165,9 @@ def _cycles(db: str) -> int:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_process_under_each_start_method_sees_stop_and_ends_on_terminate(db: str, method: str) -> None:
+def test_process_under_each_start_method_sees_stop_and_ends_on_terminate(
+    db: str, method: str, capfd
+) -> None:
     s, stop, terminate = _start(db, method)
     _wait_for(lambda: _cycles(db) >= 2)
     stop.set()
@@ -175,6 +177,10 @@ def test_process_under_each_start_method_sees_stop_and_ends_on_terminate(db: str
     s.join(10)
     assert s.exitcode == 0
     assert sql(db, "SELECT end_reason FROM runs") == [("terminate",)]
+    if method != "fork":
+        # A fresh interpreter inherits no logging set-up: the HUD still reaches the terminal.
+        # (Under fork it goes wherever the parent's handlers go; here, pytest's.)
+        assert "cycle 1 | backlog: none | workers: 0 active, 0 idle" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
