@@ -21,6 +21,8 @@ import pytest
 
 from sqlmon import DatabaseError, Heartbeat, Scheduler, guards, init_db
 
+from . import env_scenarios
+
 ROOT = os.geteuid() == 0
 OTHER_UID, DB_UID = 65534, 1000  # "nobody" leaves the files; the pipeline runs as 1000
 
@@ -306,3 +308,17 @@ def test_start_up_fails_loudly_when_wal_cannot_engage(tmp_path: Path) -> None:
     os.mkdir(db + "-wal")  # SQLite cannot create its WAL file here
     with pytest.raises(DatabaseError, match="WAL journal mode did not engage"):
         init_db(db)
+
+
+# -- scenarios run through env_scenarios, at CI scale ---------------------------------------------
+
+
+def held(outcome) -> None:  # type: ignore[no-untyped-def]
+    print(outcome.scenario, outcome.tried, outcome.figures)
+    if outcome.skipped:
+        pytest.skip(outcome.skipped)
+    assert outcome.held, outcome.problems
+
+
+def test_14_disk_full() -> None:
+    held(env_scenarios.disk_full(workers=4, episodes=1, full_seconds=4.0, interval=0.5))

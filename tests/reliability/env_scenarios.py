@@ -1,0 +1,334 @@
+"""The environment-fault scenarios of issue 5, each a function of its scale (counts, seconds)
+that returns a harness.Outcome: what it injected, what it measured, what did not hold. The CI
+tests (test_env_faults.py) run them small; scripts/soak.py runs them long.
+
+Faults come from outside the code under test: a full tmpfs, libfiu's fiu-run / fiu-ctrl,
+libfaketime, a read transaction held by another program. Ground truth is what each process
+records itself (env_targets.py) and what the driver sees in the file with plain sqlite3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmon import init_db, is_idle
+
+from .harness import Outcome, check_database, sql
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    out: str
+    log: str
+
+    def result(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(Path(self.out).read_text()))
+        except (OSError, ValueError):
+            return {"raised": f"{self.name} wrote no result (exit {self.popen.returncode})"}
+
+    def log_text(self) -> str:
+        try:
+            return Path(self.log).read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class Run:
+    """The processes of one scenario, in a work folder, stopped together by a stop file."""
+
+    work: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def stop_file(self) -> str:
+        return str(self.work / "STOP")
+
+    def start(
+        self,
+        target: str,
+        name: str,
+        wrap: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Proc:
+        out, log = str(self.work / f"{name}.json"), str(self.work / f"{name}.log")
+        kwargs = {"stop_file": self.stop_file, "out": out, **kwargs}
+        cmd = [
+            *(wrap or []),
+            sys.executable,
+            "-m",
+            "tests.reliability.env_targets",
+            target,
+            json.dumps(kwargs),
+        ]
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        with open(log, "wb") as f:
+            popen = subprocess.Popen(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=full_env, cwd=REPO
+            )
+        proc = Proc(name, popen, out, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, timeout: float = 30.0) -> list[str]:
+        """Stop everyone; return the problems (a process that raised or had to be killed)."""
+        Path(self.stop_file).touch()
+        problems = []
+        for p in self.procs:
+            try:
+                p.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait()
+                problems.append(f"{p.name} did not stop within {timeout:.0f} s")
+        for p in self.procs:
+            raised = p.result().get("raised")
+            if raised:
+                problems.append(f"{p.name} raised: {raised.strip().splitlines()[-1]}")
+            if "Traceback" in p.log_text():
+                problems.append(f"{p.name} printed a traceback: {_last_traceback(p.log_text())}")
+        return problems
+
+
+def _last_traceback(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    tail = [line for line in lines if not line.startswith(" ")]
+    return tail[-1] if tail else "?"
+
+
+@contextlib.contextmanager
+def workdir(prefix: str, base: str | None = None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"sqlmon-{prefix}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for(predicate: Any, timeout: float, every: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
+def scheduler_settings(interval: float, stale_after: float) -> dict[str, Any]:
+    return {
+        "interval": interval,
+        "stale_after": stale_after,
+        "warn_after": stale_after,
+        "hud_every": 3600.0,
+    }
+
+
+def started(db: str, workers: int, timeout: float = 30.0) -> bool:
+    """The scheduler has written a cycle and every worker has written a row."""
+
+    def ready() -> bool:
+        try:
+            cycles = sql(db, "SELECT coalesce(max(cycle), 0) FROM scheduler_state")[0][0]
+            rows = sql(db, "SELECT count(*) FROM worker_status")[0][0]
+        except sqlite3.Error:
+            return False
+        return cycles >= 1 and rows >= workers
+
+    return wait_for(ready, timeout)
+
+
+def cycle_now(db: str) -> int:
+    return int(sql(db, "SELECT coalesce(max(cycle), 0) FROM scheduler_state")[0][0])
+
+
+def count_lines(text: str, pattern: str) -> int:
+    return len(re.findall(pattern, text))
+
+
+def events_of(db: str, kinds: tuple[str, ...]) -> list[tuple[str, str, str | None]]:
+    marks = ",".join("?" * len(kinds))
+    return [
+        (w, e, d)
+        for w, e, d in sql(
+            db,
+            f"SELECT worker_id, event, detail FROM worker_events WHERE event IN ({marks})",
+            kinds,
+        )
+    ]
+
+
+def beats_accounted(db: str, results: list[dict[str, Any]]) -> list[str]:
+    """Every beat a worker tried is either in the file or counted missed: nothing vanishes.
+    A worker's beats column counts its successful writes; its last one is close()."""
+    problems = []
+    stored = dict(sql(db, "SELECT worker_id, beats FROM worker_status"))
+    for r in results:
+        if "beats" not in r:
+            continue
+        tried = r["beats"] + 1  # the beats, then close()
+        if stored.get(r["worker"], 0) + r["missed"] != tried:
+            problems.append(
+                f"{r['worker']}: {tried} writes tried, {stored.get(r['worker'])} stored, "
+                f"{r['missed']} counted missed"
+            )
+    return problems
+
+
+# -- 14: disk full ------------------------------------------------------------------------------
+
+
+def _fill(path: Path) -> int:
+    """Write a ballast file until the filesystem is full; return its size."""
+    block = b"\0" * 65536
+    size = 0
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                size += f.write(block)
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            while size % 4096 == 0 and f.write(b"\0" * 512):  # the last crumbs of space too
+                size += 512
+    return size
+
+
+def _truncate_wal(db: str) -> None:
+    # A WAL reused from its start needs no new space: empty it, as a quiet moment would.
+    conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def disk_full(
+    workers: int = 4,
+    episodes: int = 1,
+    full_seconds: float = 4.0,
+    interval: float = 0.5,
+    every: float = 0.05,
+    size: str = "4m",
+) -> Outcome:
+    """The database on a small tmpfs, filled by a ballast file while the scheduler and workers
+    run, then freed: no process raises, misses are counted, the idle row never reads idle while
+    the scheduler cannot write, beats resume within a cycle, the file is whole."""
+    from sqlmon import config
+
+    o = Outcome("14 disk full")
+    with workdir("diskfull") as work:
+        mnt = work / "mnt"
+        mnt.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+        )
+        if mounted.returncode != 0:
+            o.skipped = "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): " + (
+                mounted.stderr.strip() or f"mount exit {mounted.returncode}"
+            )
+            return o
+        try:
+            _disk_full(o, mnt, work, workers, episodes, full_seconds, interval, every, config)
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    return o
+
+
+def _disk_full(o, mnt, work, workers, episodes, full_seconds, interval, every, config) -> None:  # type: ignore[no-untyped-def]
+    db = str(mnt / "x.db")
+    init_db(db)
+    run = Run(work)
+    sched = run.start(
+        "scheduler",
+        "scheduler",
+        db=db,
+        settings=scheduler_settings(interval, 4 * interval),
+        scaled={},
+    )
+    for i in range(workers):
+        run.start("worker", f"w{i}", db=db, worker_id=f"w{i}", every=every, category=None)
+    fresh = config.fresh_for(interval)
+    idle_while_full, resume_cycles, full_hits = [], [], 0
+    try:
+        if not started(db, workers) or not wait_for(lambda: is_idle(db), 30):
+            o.problems.append("the pipeline did not start and settle to idle")
+            return
+        for _ in range(episodes):
+            _truncate_wal(db)
+            ballast = mnt / "ballast"
+            _fill(ballast)
+            t_full = time.monotonic()
+            while time.monotonic() - t_full < full_seconds:
+                # Past the idle row's freshness, a scheduler that cannot write is never idle.
+                if time.monotonic() - t_full > fresh + interval and is_idle(db):
+                    idle_while_full.append(round(time.monotonic() - t_full, 2))
+                time.sleep(0.05)
+            before = dict(sql(db, "SELECT worker_id, beats FROM worker_status"))
+            full_hits += sum(1 for _ in before)
+            ballast.unlink()
+            t_free, cycle_at_free = time.monotonic(), cycle_now(db)
+            moved = wait_for(
+                lambda: all(
+                    b > before[w] for w, b in sql(db, "SELECT worker_id, beats FROM worker_status")
+                ),
+                30,
+            )
+            resume_cycles.append(round((time.monotonic() - t_free) / interval, 2))
+            written = wait_for(lambda: cycle_now(db) > cycle_at_free, 30)
+            o.expect(moved and written, "beats or cycles did not resume after space was freed")
+            o.expect(wait_for(lambda: is_idle(db), 30), "never idle again after space was freed")
+    finally:
+        o.problems.extend(run.stop())
+    results = [p.result() for p in run.procs if p.name.startswith("w")]
+    missed = sum(r.get("missed", 0) for r in results)
+    o.tried = {"episodes": episodes, "workers": workers, "seconds_full": full_seconds * episodes}
+    log = sched.log_text()
+    skip_lines = count_lines(log, "scheduler skipped writing cycle")
+    hb_lines = sum(count_lines(p.log_text(), "heartbeat of .* dropped") for p in run.procs)
+    skipped = sql(db, "SELECT coalesce(sum(writes_skipped), 0) FROM snapshots")[0][0]
+    o.figures = {
+        "beats": sum(r.get("beats", 0) for r in results),
+        "missed": missed,
+        "writes_skipped": skipped,
+        "scheduler_log_lines": skip_lines,
+        "worker_log_lines": hb_lines,
+        "max_cycles_to_resume": max(resume_cycles, default=0),
+    }
+    o.expect(missed > 0, "no beat was missed: the disk never filled up")
+    o.expect(skipped > 0, "the scheduler never skipped a write: the disk never filled up")
+    o.expect(
+        not idle_while_full,
+        f"is_idle said idle while the scheduler could not write: {idle_while_full}",
+    )
+    per_minute = episodes * (1 + int(full_seconds // 60))
+    o.expect(
+        skip_lines <= per_minute, f"{skip_lines} scheduler log lines for {episodes} episode(s)"
+    )
+    o.expect(hb_lines <= per_minute * workers, f"{hb_lines} heartbeat log lines")
+    o.expect(all(c <= 1 for c in resume_cycles), f"beats resumed only after {resume_cycles} cycles")
+    o.problems.extend(beats_accounted(db, results))
+    o.problems.extend(check_database(db))

@@ -1,0 +1,134 @@
+"""Process targets for the environment-fault scenarios: plain functions, run as their own
+programs (`python -m tests.reliability.env_targets NAME JSON`) so that a fault can be wrapped
+around the whole process from outside: faketime (LD_PRELOAD), fiu-run, another user's uid.
+
+Each program stops when its stop file appears (or on SIGTERM) and writes its own ground truth
+as one JSON object to its `out` file: what it tried, what it saw, and any exception it raised.
+Under libfaketime 0.9.10 with the monotonic clock left alone, time.sleep() fails with EINVAL,
+so every wait here is an Event.wait.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+_stop = threading.Event()
+
+
+def _stopped(stop_file: str) -> bool:
+    return _stop.is_set() or os.path.exists(stop_file)
+
+
+def _pause(seconds: float) -> None:
+    _stop.wait(seconds)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def worker(
+    db: str, worker_id: str, stop_file: str, out: str, every: float = 0.05, category: str = "OCR"
+) -> None:
+    """Beat every `every` s until the stop file appears; record beats, misses and latencies."""
+    from sqlmon import Heartbeat
+
+    result: dict[str, Any] = {"worker": worker_id, "pid": os.getpid(), "raised": None}
+    latencies: list[float] = []
+    hb = None
+    try:
+        hb = Heartbeat(db, worker_id, "cpu", min_interval=0.0)
+        beats = 0
+        wall_first = time.time()
+        while not _stopped(stop_file):
+            t0 = time.perf_counter()
+            hb.beat(category)
+            latencies.append(time.perf_counter() - t0)
+            beats += 1
+            _pause(every)
+        hb.close()
+        result.update(beats=beats, missed=hb.missed, wall_first=wall_first, wall_last=time.time())
+    except BaseException:
+        result["raised"] = traceback.format_exc()
+        if hb is not None:
+            result.update(missed=hb.missed)
+    result.update(
+        p50=_percentile(latencies, 0.5),
+        p99=_percentile(latencies, 0.99),
+        max=max(latencies, default=0.0),
+    )
+    _write(out, result)
+
+
+def scheduler(
+    db: str, stop_file: str, out: str, settings: dict[str, Any], scaled: dict[str, Any]
+) -> None:
+    """Run the scheduler in this process until the stop file appears; `scaled` overrides
+    sqlmon.config defaults for a scaled-down CI run (a WAL threshold of megabytes, not 64)."""
+    from sqlmon import Scheduler, config
+
+    for name, value in scaled.items():
+        setattr(config, name, value)
+    result: dict[str, Any] = {"pid": os.getpid(), "raised": None}
+    terminate = threading.Event()
+    threading.Thread(target=_watch_stop, args=(stop_file, terminate), daemon=True).start()
+    try:
+        s = Scheduler(db, terminate=terminate, **settings)
+        s.run()
+    except BaseException:
+        result["raised"] = traceback.format_exc()
+    _write(out, result)
+
+
+def _watch_stop(stop_file: str, terminate: threading.Event) -> None:
+    while not os.path.exists(stop_file) and not _stop.is_set():
+        terminate.wait(0.05)
+    terminate.set()
+
+
+def reader(db: str, stop_file: str, out: str, hold: float) -> None:
+    """A person's long read: one read transaction held for `hold` s (or until stopped)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+    conn.execute("BEGIN")
+    rows = conn.execute("SELECT count(*) FROM worker_status").fetchone()[0]
+    _write(out + ".ready", {"rows": rows})
+    deadline = time.monotonic() + hold
+    while time.monotonic() < deadline and not _stopped(stop_file):
+        _pause(0.05)
+    conn.execute("COMMIT")
+    conn.close()
+    _write(out, {"rows": rows, "held": hold})
+
+
+def _write(path: str, obj: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> None:
+    name, kwargs = argv[0], json.loads(argv[1])
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    signal.signal(signal.SIGTERM, lambda *_: _stop.set())
+    {"worker": worker, "scheduler": scheduler, "reader": reader}[name](**kwargs)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
