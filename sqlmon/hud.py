@@ -17,16 +17,15 @@ def render(cycle: Cycle) -> str:
         f"{_sum(cycle, pool, 'running')} running"
         for pool in pools
     )
-    active = cycle.total("busy") + cycle.total("stale")
+    holding = [w for w in cycle.workers if w.category is not None]  # busy, or stale in a task
+    active = len(holding)
     lines = [
         f"cycle {cycle.cycle} | backlog: {backlog or 'none'} | "
         f"workers: {active} active, {cycle.total('idle')} idle | "
         + ("IDLE" if cycle.idle else f"not idle: {cycle.not_idle_reason}")
     ]
     for pool in pools:
-        busy = Counter(
-            w.category for w in cycle.workers if w.pool == pool and w.state in ("busy", "stale")
-        )
+        busy = Counter(w.category for w in holding if w.pool == pool)
         shown = ", ".join(f"{category}: {n}" for category, n in busy.items())
         lines.append(f"{sum(busy.values())} {pool.upper()} workers busy: {{{shown}}}")
     for state in ("stale", "dead"):

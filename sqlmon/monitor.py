@@ -198,8 +198,10 @@ class Monitor:
         incarnation = (row.pid, row.started_at)
         if t is None or t.incarnation != incarnation:
             previous = self._last_events.pop(row.worker_id, None)
-            if t is None and row.exited_at is not None and previous == "exited":
+            if t is None and previous == "exited" and row.exited_at is not None:
                 t = _Tracked(incarnation, None, row.beats, mono, exited=True)  # known, gone
+            elif t is None and previous == "dead" and not self._alive(row):
+                t = _Tracked(incarnation, None, row.beats, mono, dead=True)  # known, dead
             else:
                 detail = f"pid {row.pid} on {row.host}"
                 if t is not None:
@@ -238,7 +240,7 @@ class Monitor:
                 t.stale = t.warned = t.dead = False
         elif not t.dead:
             # Only a worker whose beats stand still can have died: the others just proved not.
-            if not late and row.host == self.host and not self.alive(row.pid, row.pid_start):
+            if not late and not self._alive(row):
                 t.dead = True
                 emit(now, "dead", row.category, f"pid {row.pid} is gone")
             elif not t.stale and mono - t.beats_mono >= self.stale_after:
@@ -255,6 +257,10 @@ class Monitor:
                 )
         state = "dead" if t.dead else "stale" if t.stale else "busy" if row.category else "idle"
         return self._view(row, state, now, mono, t)
+
+    def _alive(self, row: WorkerRow) -> bool:
+        """Only a process on this host can be checked; elsewhere, staleness is all we know."""
+        return row.host != self.host or self.alive(row.pid, row.pid_start)
 
     @staticmethod
     def _view(row: WorkerRow, state: str, now: float, mono: float, t: _Tracked) -> WorkerView:

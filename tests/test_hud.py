@@ -23,6 +23,7 @@ def test_hud_text() -> None:
             view("cpu-1", "cpu", "PLATE_SMOOTH", "busy"),
             view("cpu-2", "cpu", None, "idle"),
             view("cpu-3", "cpu", None, "dead"),
+            view("cpu-4", "cpu", None, "stale"),
         ],
         counts={
             ("cpu", "PLATE_SMOOTH"): Count(1, 2, 1),
@@ -42,7 +43,7 @@ def test_hud_text() -> None:
             "workers: 4 active, 1 idle | not idle: 15 tasks pending",
             "1 CPU workers busy: {PLATE_SMOOTH: 1}",
             "3 GPU workers busy: {VEHICLE_DETECT: 1, PLATE_DETECT: 1, OCR: 1}",
-            "stale: gpu-3",
+            "stale: gpu-3, cpu-4",
             "dead: cpu-3",
             "pool    category          pending    running    busy workers",
             "------  --------------  ---------  ---------  --------------",

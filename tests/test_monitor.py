@@ -166,3 +166,10 @@ def test_restart_does_not_repeat_an_exit() -> None:
     m.seed([("w", "exited")])
     c = m.judge(obs(1000, [row(exited=995.0)]), 1000.0, 0.0)
     assert events(c) == [] and c.workers[0].state == "exited"
+
+
+def test_restart_does_not_repeat_a_death() -> None:
+    m = monitor()
+    m.seed([("gone", "dead")])
+    c = m.judge(obs(1000, [row("gone", pid=2**22 + 999)]), 1000.0, 0.0)
+    assert events(c) == [] and c.workers[0].state == "dead"
