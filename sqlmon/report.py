@@ -262,30 +262,26 @@ def _busy(
         )
         .subquery()
     )
-    ended = sa.case(
-        (sa.or_(changes.c.ended.is_(None), changes.c.ended > end), end), else_=changes.c.ended
-    )
-    length = sa.case((ended > changes.c.started, ended - changes.c.started), else_=0.0)
-    stretches = sa.select(changes.c.worker_id, changes.c.category, length.label("seconds")).where(
-        changes.c.event.not_in(("exited", "dead"))
-    ).subquery()
-    busy = sa.case((stretches.c.category.is_not(None), stretches.c.seconds), else_=0.0)
-    use = [
-        (w, float(b or 0.0), float(s or 0.0))
-        for w, b, s in conn.execute(
-            sa.select(stretches.c.worker_id, sa.func.sum(busy), sa.func.sum(stretches.c.seconds))
-            .group_by(stretches.c.worker_id)
-            .order_by(stretches.c.worker_id)
-        )
-    ]
-    per_category = {
-        c: float(b or 0.0)
-        for c, b in conn.execute(
-            sa.select(stretches.c.category, sa.func.sum(stretches.c.seconds))
-            .where(stretches.c.category.is_not(None))
-            .group_by(stretches.c.category)
-        )
-    }
+    # The scheduler keeps a run's events in order and inside the run (it clamps worker clocks),
+    # so only the last stretch of each worker needs an end: the run's.
+    length = sa.func.coalesce(changes.c.ended, end) - changes.c.started
+    # One pass over the run's events; the (worker, category) sums are few, so the per worker
+    # and per category totals are added up here.
+    seen: dict[str, float] = {}
+    busy: dict[str, float] = {}
+    per_category: dict[str, float] = {}
+    for worker, category, seconds in conn.execute(
+        sa.select(changes.c.worker_id, changes.c.category, sa.func.sum(length))
+        .where(changes.c.event.not_in(("exited", "dead")))
+        .group_by(changes.c.worker_id, changes.c.category)
+    ):
+        seconds = float(seconds or 0.0)
+        seen[worker] = seen.get(worker, 0.0) + seconds
+        busy.setdefault(worker, 0.0)
+        if category is not None:
+            busy[worker] += seconds
+            per_category[category] = per_category.get(category, 0.0) + seconds
+    use = [(w, busy[w], seen[w]) for w in sorted(seen)]
     return use, per_category
 
 
@@ -307,26 +303,40 @@ def _tasks_done(
 
 def _peaks(conn: Connection, run_id: int) -> list[BacklogPeak]:
     c, s = snapshot_counts.c, snapshots.c
-    counts = sa.join(snapshot_counts, snapshots, s.id == c.snapshot_id)
-    peaks = (
-        sa.select(c.pool, c.category, sa.func.max(c.pending).label("peak"))
-        .select_from(counts)
-        .where(s.run_id == run_id)
-        .group_by(c.pool, c.category)
-        .subquery()
+    lo, hi, n = conn.execute(
+        sa.select(sa.func.min(s.id), sa.func.max(s.id), sa.func.count()).where(s.run_id == run_id)
+    ).one()
+    if not n:
+        return []
+    # A run's snapshots normally hold one unbroken range of ids: a range scan of the counts'
+    # primary key then needs no join. Two schedulers writing at once break the range.
+    mine = (
+        c.snapshot_id.between(lo, hi)
+        if hi - lo + 1 == n
+        else c.snapshot_id.in_(sa.select(s.id).where(s.run_id == run_id))
     )
-    rows = conn.execute(
-        sa.select(c.pool, c.category, peaks.c.peak, sa.func.min(s.ts))
-        .select_from(counts.join(
-            peaks,
-            sa.and_(peaks.c.pool == c.pool, peaks.c.category == c.category,
-                    peaks.c.peak == c.pending),
-        ))
-        .where(s.run_id == run_id)
-        .group_by(c.pool, c.category, peaks.c.peak)
-        .order_by(c.pool, c.category)
-    )
-    return [BacklogPeak(pool, category, int(peak), float(at)) for pool, category, peak, at in rows]
+    # Sorted here: in SQL, DISTINCT with ORDER BY sorts every row instead of the few keys.
+    keys = sorted(conn.execute(sa.select(c.pool, c.category).where(mine).distinct()).all())
+    if not keys:
+        return []
+    # Every key's maximum in one scan: a GROUP BY would sort all the rows first.
+    peaks = conn.execute(
+        sa.select(*(
+            sa.func.max(sa.case((sa.and_(c.pool == p, c.category == k), c.pending)))
+            for p, k in keys
+        )).where(mine)
+    ).one()
+    out = []
+    for (pool, category), peak in zip(keys, peaks, strict=True):
+        first = conn.execute(
+            sa.select(s.ts)
+            .select_from(sa.join(snapshot_counts, snapshots, s.id == c.snapshot_id))
+            .where(mine, c.pool == pool, c.category == category, c.pending == peak)
+            .order_by(c.snapshot_id)
+            .limit(1)
+        ).scalar_one()
+        out.append(BacklogPeak(pool, category, int(peak), float(first)))
+    return out
 
 
 def _cycles(conn: Connection, run_id: int) -> CycleStats:
