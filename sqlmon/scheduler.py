@@ -184,8 +184,15 @@ class Scheduler(multiprocessing.Process):
             )
             self.monitor.seed(history.last_events(self._conn))
         dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
-        for run in unended:
-            log.warning("run %d ended abnormally: its scheduler vanished without closing it", run)
+        if unended:
+            # One line, however many kills came before: after a kill storm, a line per open run
+            # would flood every later start.
+            earlier = len(unended) - 1
+            log.warning(
+                "run %d ended abnormally: its scheduler vanished without closing it%s",
+                max(unended),
+                f" (and {earlier} earlier run{'s' * (earlier != 1)} never ended)" if earlier else "",
+            )
         self.writes_skipped = 0
         self._last_hud = -float("inf")
         self._last_skip_log = -float("inf")
