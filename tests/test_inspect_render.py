@@ -1,0 +1,215 @@
+"""Pure rendering of inspection data: data in, exact text out (times in UTC for the test)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from sqlmon import render
+from sqlmon import timeline as tl
+from sqlmon.durations import format_length, parse_duration, parse_moment
+from sqlmon.queries import BacklogLine, RunLine, SchedulerView, Status, WorkerLine, health
+from sqlmon.report import (
+    BacklogPeak,
+    CategoryReport,
+    CycleStats,
+    DeadWorker,
+    Report,
+    StaleEpisode,
+    WorkerReport,
+)
+
+T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_durations_parse_and_print():
+    assert parse_duration("10m") == 600
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("1.5s") == 1.5
+    assert parse_duration("7d") == 7 * 86400
+    for bad in ("", "10", "m", "10x", "ten minutes", "-5m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    assert parse_moment("10m", T0) == T0 - 600
+    assert parse_moment("2027-01-15 07:00", T0) == T0 - 3600
+    assert parse_moment("07:30", T0) == T0 - 1800
+    assert parse_moment("2027-01-15T08:00:00+01:00", T0) == T0 - 3600
+    with pytest.raises(ValueError):
+        parse_moment("yesterdayish", T0)
+    assert [format_length(s) for s in (0.25, 12.34, 65.25, 7380, 93600, None)] == [
+        "250 ms", "12.3 s", "1 m 05 s", "2 h 03 m", "1 d 02 h", "-",
+    ]
+
+
+def test_control_characters_are_shown_never_obeyed():
+    assert render.clean("gpu-\x1b[31m1\x07\u202e") == "gpu-\\x1b[31m1\\x07\\u202e"
+    assert render.clean(None) == ""
+
+
+RUNS = [
+    RunLine(1, T0, T0 + 65.25, "terminate", T0 + 65, 66, 101, "vm", "ended"),
+    RunLine(2, T0 + 100, None, None, T0 + 130.5, 31, 102, "vm", "vanished"),
+]
+
+
+def test_runs_table_json_and_csv():
+    assert render.runs_text(RUNS) == "\n".join([
+        "  run  started                ended                  length    state     end reason      snapshots  scheduler",  # noqa: E501
+        "-----  ---------------------  ---------------------  --------  --------  ------------  -----------  -------------",  # noqa: E501
+        "    1  2027-01-15 08:00:00.0  2027-01-15 08:01:05.2  1 m 05 s  ended     terminate              66  pid 101 on vm",  # noqa: E501
+        "    2  2027-01-15 08:01:40.0  -                      30.5 s    vanished  -                      31  pid 102 on vm",  # noqa: E501
+    ])
+    assert json.loads(render.runs_text(RUNS, "json"))[1] == {
+        "run_id": 2, "started_at": "2027-01-15T08:01:40.000+00:00", "ended_at": None,
+        "length_seconds": 30.5, "state": "vanished", "end_reason": None, "snapshots": 31,
+        "scheduler": "pid 102 on vm",
+    }
+    assert render.runs_text(RUNS, "csv") == "\n".join([
+        "run_id,started_at,ended_at,length_seconds,state,end_reason,snapshots,scheduler",
+        "1,2027-01-15T08:00:00.000+00:00,2027-01-15T08:01:05.250+00:00,65.25,ended,terminate,66,pid 101 on vm",  # noqa: E501
+        "2,2027-01-15T08:01:40.000+00:00,,30.5,vanished,,31,pid 102 on vm",
+    ])
+
+
+def _status() -> Status:
+    sched = SchedulerView(3, 55, "vm", 1.0, T0 + 9.5, 12, False, None, "2 tasks pending in OCR",
+                          False, None, None)
+    workers = [
+        WorkerLine("gpu-1", "gpu", 7, "vm", "OCR", T0 + 9.75, "busy", 40),
+        WorkerLine("\x1b[2Jevil", "cpu", 8, "vm", None, T0 - 5, "stale", 3),
+    ]
+    return Status(T0 + 10, sched, workers, [BacklogLine("gpu", "OCR", 2, 1, 1)], T0 + 9.5, 12)
+
+
+def test_status_text():
+    assert render.status_text(_status()) == "\n".join([
+        "scheduler: run 3, cycle 12, heartbeat 500 ms ago, pid 55 on vm: alive",
+        "idle: no: 2 tasks pending in OCR",
+        "",
+        "workers (2):",
+        "worker       pool      pid  category    heartbeat age    state      beats",
+        "-----------  ------  -----  ----------  ---------------  -------  -------",
+        "gpu-1        gpu         7  OCR         250 ms           busy          40",
+        "\\x1b[2Jevil  cpu         8  -           15.0 s           stale          3",
+        "",
+        "backlog (cycle 12, 2027-01-15 08:00:09.5):",
+        "pool    category      pending    running    busy workers",
+        "------  ----------  ---------  ---------  --------------",
+        "gpu     OCR                 2          1               1",
+    ])
+    data = json.loads(render.status_text(_status(), "json"))
+    assert data["scheduler"]["alive"] is True
+    assert data["workers"][1]["worker_id"] == "\x1b[2Jevil"  # JSON escapes it by itself
+    assert "\x1b" not in render.status_text(_status(), "json")
+
+
+def test_health_says_why_in_one_line():
+    assert health(_status()) == (False, "\x1b[2Jevil is stale")
+    st = _status()
+    ok = Status(st.now, st.scheduler, st.workers[:1], st.backlog, st.backlog_ts, st.backlog_cycle)
+    assert health(ok) == (True, "ok: run 3 cycle 12, heartbeat 0.5 s ago, 1 worker(s) alive")
+    late = Status(T0 + 20, st.scheduler, [], [], None, None)
+    assert health(late) == (
+        False, "the scheduler's heartbeat is 10.5 s old (fresh means under 3.0 s): run 3"
+    )
+    assert health(Status(T0, None, [], [], None, None)) == (
+        False, "no scheduler has run on this database"
+    )
+
+
+TIMELINE = tl.Timeline(
+    4, T0, T0 + 10,
+    [
+        tl.Lane("gpu-1", [tl.Stretch(T0, T0 + 4, "idle"), tl.Stretch(T0 + 4, T0 + 8, "OCR"),
+                          tl.Stretch(T0 + 8, T0 + 10, "PLATE_DETECT")]),
+        tl.Lane("gpu-2", [tl.Stretch(T0 + 2, T0 + 5, "OCR"), tl.Stretch(T0 + 5, T0 + 10, "OCR"),
+                          tl.Stretch(T0 + 6, T0 + 9, "stale")]),
+    ],
+    ["OCR", "PLATE_DETECT"],
+    {"OCR": [(T0, 3), (T0 + 5, 1)]},
+)
+
+
+def test_timeline_text_gantt():
+    assert tl.text(TIMELINE, 40) == "\n".join([
+        "run 4: 2027-01-15 08:00:00.0 to 2027-01-15 08:00:10.0 (10.0 s), one column = 323 ms",
+        "gpu-1  |............OOOOOOOOOOOOOPPPPPP|",
+        "gpu-2  |      OOOOOOOOOOOOO!!!!!!!!OOOO|",
+        "legend: O OCR, P PLATE_DETECT, . idle, ! stale, blank: not running",
+    ])
+    coloured = tl.text(TIMELINE, 40, colour=True).splitlines()[1]
+    assert coloured == "gpu-1  |............\x1b[32mOOOOOOOOOOOOO\x1b[0m\x1b[34mPPPPPP\x1b[0m|"
+
+
+def test_timeline_symbols_are_unique_letters():
+    assert tl.symbols(["VEHICLE_DETECT", "PLATE_DETECT", "OCR", "PLATE_SMOOTH", "SUMMARY"]) == {
+        "OCR": "O", "PLATE_DETECT": "P", "PLATE_SMOOTH": "L", "SUMMARY": "S", "VEHICLE_DETECT": "V",
+    }
+
+
+def test_timeline_html_is_self_contained():
+    lane = tl.Lane("<b>&x", [tl.Stretch(T0, T0 + 10, "OCR")])
+    page = tl.html(tl.Timeline(1, T0, T0 + 10, [lane], ["OCR"], {"OCR": [(T0, 2)]}))
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<svg" in page and "<polyline" in page
+    assert "&lt;b&gt;&amp;x" in page and "<b>&x" not in page
+    for external in ("http:", "https:", "src=", "href=", "@import", "url("):
+        assert external not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_report_text():
+    rep = Report(
+        5, "ended", T0, T0 + 100, "terminate", T0 + 80, 3.0,
+        [WorkerReport("gpu-1", 50, 100, 1, 7.5)], [CategoryReport("OCR", 50, 40, 0.5)],
+        [BacklogPeak("gpu", "OCR", 12, T0 + 3)], [StaleEpisode("gpu-1", T0 + 20, 4.5, "recovered")],
+        [DeadWorker("cpu-2", T0 + 50, "pid 9 is gone")], CycleStats(100, 0.002, 0.005, 0.01, 1, 0),
+    )
+    assert render.report_text(rep) == "\n".join([
+        "run 5: started 2027-01-15 08:00:00.0, ended 2027-01-15 08:01:40.0 (terminate)",
+        "length 1 m 40 s; drained in 1 m 20 s (idle from 2027-01-15 08:01:20.0)",
+        "",
+        "workers; gaps under stale_after (3.0 s) show as -:",
+        "worker    busy    seen      utilisation      stale episodes  longest beat gap",
+        "--------  ------  --------  -------------  ----------------  ------------------",
+        "gpu-1     50.0 s  1 m 40 s  50%                           1  7.5 s",
+        "",
+        "categories (tasks per second until the drain):",
+        "category    busy worker-s      tasks done  tasks/s",
+        "----------  ---------------  ------------  ---------",
+        "OCR         50.0                       40  0.50",
+        "",
+        "backlog peaks:",
+        "pool    category      peak pending  at",
+        "------  ----------  --------------  ---------------------",
+        "gpu     OCR                     12  2027-01-15 08:00:03.0",
+        "",
+        "stale episodes (1):",
+        "worker    started                length    outcome",
+        "--------  ---------------------  --------  ---------",
+        "gpu-1     2027-01-15 08:00:20.0  4.5 s     recovered",
+        "",
+        "dead workers (1):",
+        "worker    at                     detail",
+        "--------  ---------------------  -------------",
+        "cpu-2     2027-01-15 08:00:50.0  pid 9 is gone",
+        "",
+        "scheduler cycles: 100; cycle time mean 2 ms, p95 5 ms, max 10 ms; writes skipped 1; "
+        "late cycles 0",
+    ])
+    data = json.loads(render.report_text(rep, "json"))
+    assert data["stale_episodes"] == [{
+        "worker_id": "gpu-1", "started": "2027-01-15T08:00:20.000+00:00", "seconds": 4.5,
+        "outcome": "recovered", "recovered": True,
+    }]
+    assert data["time_to_drain_seconds"] == 80.0
