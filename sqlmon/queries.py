@@ -122,23 +122,26 @@ def status(conn: Connection, now: float) -> Status:
         .order_by(snapshots.c.id.desc())
         .limit(1)
     ).first()
-    # Stale and dead are the scheduler's findings, kept only as events; look for them only
-    # when the latest snapshot counted some, so that status stays cheap on a long history.
+    rows = conn.execute(
+        sa.select(worker_status).order_by(worker_status.c.pool, worker_status.c.worker_id)
+    ).all()
+    # Stale and dead are the scheduler's findings, kept only as events (a restarted scheduler
+    # does not repeat them, so look past the run); look only when the latest snapshot counted
+    # some, so that status stays cheap on a long history.
     finding: dict[str, str] = {}
     if snap is not None and (snap.workers_stale or snap.workers_dead):
-        for worker, event in conn.execute(
-            sa.select(worker_events.c.worker_id, worker_events.c.event)
-            .where(
-                worker_events.c.run_id == snap.run_id,
-                worker_events.c.event.in_(("joined", "stale", "recovered", "dead", "exited")),
-            )
-            .order_by(worker_events.c.id)
-        ):
-            finding[worker] = event
+        e = worker_events.c
+        for w in rows:
+            if w.exited_at is None:
+                finding[w.worker_id] = conn.execute(
+                    sa.select(e.event)
+                    .where(e.worker_id == w.worker_id,
+                           e.event.in_(("joined", "stale", "recovered", "dead", "exited")))
+                    .order_by(e.id.desc())
+                    .limit(1)
+                ).scalar() or ""
     workers = []
-    for w in conn.execute(
-        sa.select(worker_status).order_by(worker_status.c.pool, worker_status.c.worker_id)
-    ):
+    for w in rows:
         seen = finding.get(w.worker_id)
         state = (
             "exited" if w.exited_at is not None

@@ -1,0 +1,134 @@
+"""A run made by a real Scheduler, stepped one cycle at a time, with real Heartbeats: the
+database the inspection tests read. Also the read-only queries over it.
+
+The scheduler's clock runs a little ahead of the real one, and it keeps every event inside its
+cycle window, so each event's time is exactly the previous cycle's: the history is known to
+the hundredth of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from sqlmon import Heartbeat, Scheduler, init_db
+from sqlmon import db as dbmod
+from sqlmon import queries
+from tests.conftest import execute
+
+WEIRD = "cpu-\x1b[31mX"  # a worker id with a terminal escape in it
+
+
+@dataclass(frozen=True)
+class History:
+    path: str
+    t0: float  # the scheduler's clock at run 1's start
+
+
+def build_history(path: str) -> History:
+    """Run 1 (20 cycles, ended): gpu-1 busy in OCR for 3 s, gpu-2 stale 3 s then recovered,
+    cpu-2 dead from its first sight, cpu-1 busy in SUMMARY, everyone exits at the end.
+    Run 2: started and never ended, as a SIGKILL leaves it."""
+    init_db(path)
+    # cpu-2 beats from its own process and exits without closing: the scheduler finds it dead.
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from sqlmon import Heartbeat; "
+         "Heartbeat(sys.argv[1], 'cpu-2', 'cpu').beat('SUMMARY')", path],
+        check=True,
+    )
+    t0 = time.time() + 2.0
+    execute(path, "INSERT INTO tasks (category, pool, status, created_at) VALUES (?, ?, ?, ?)",
+            [("OCR", "gpu", "pending", t0)] * 3 + [("SUMMARY", "cpu", "pending", t0)])
+    sched = Scheduler(path, interval=1.0, stale_after=10.0, warn_after=10.0, idle_confirm=2,
+                      hud_every=1e9)
+    sched.open(now=t0)
+    mono = 1000.0
+    hbs = {w: Heartbeat(path, w, w[:3], min_interval=0.0)
+           for w in ("gpu-1", "gpu-2", "cpu-1", WEIRD)}
+    category: dict[str, str | None] = dict.fromkeys(hbs)
+    for k in range(1, 21):
+        if k == 2:
+            category["gpu-1"] = "OCR"
+            execute(path, "UPDATE tasks SET status = 'running' WHERE id = 1")
+        if k == 4:
+            execute(path, "UPDATE tasks SET status = 'done', finished_at = ? "
+                    "WHERE category = 'OCR'", (t0 + 4,))
+        if k == 5:
+            category["gpu-1"] = None
+        if k == 6:
+            category["cpu-1"] = "SUMMARY"
+            execute(path, "UPDATE tasks SET status = 'running' WHERE category = 'SUMMARY'")
+        if k == 8:
+            category["cpu-1"] = None
+            execute(path, "UPDATE tasks SET status = 'done', finished_at = ? "
+                    "WHERE category = 'SUMMARY'", (t0 + 8,))
+        if k == 20:
+            for hb in hbs.values():
+                hb.close()
+        elif k >= 2:
+            for worker, hb in hbs.items():
+                if worker != "gpu-2" or k <= 3 or k >= 16:  # gpu-2 hangs from 4 to 15
+                    hb.beat(category[worker])
+        sched.step(now=t0 + k, mono=mono + k)
+    sched.close("terminate", now=t0 + 20.5)
+    second = Scheduler(path, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
+    second.open(now=t0 + 30)
+    second.step(now=t0 + 31, mono=mono + 31)
+    second.step(now=t0 + 32, mono=mono + 32)
+    second.close("terminate", now=t0 + 32.5)
+    execute(path, "UPDATE runs SET ended_at = NULL, end_reason = NULL WHERE run_id = 2")
+    return History(path, t0)
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    folder = tmp_path_factory.mktemp("history")
+    return build_history(str(folder / "history.db"))
+
+
+def test_runs_ended_and_vanished(history: History):
+    with queries.connect(history.path) as conn, dbmod.read(conn):
+        runs = queries.list_runs(conn, time.time())
+    assert [(r.run_id, r.state, r.snapshots, r.end_reason) for r in runs] == [
+        (1, "ended", 20, "terminate"),
+        (2, "vanished", 2, None),
+    ]
+    assert runs[0].length == pytest.approx(20.5)
+    assert runs[1].length == pytest.approx(2.0)  # to its last snapshot
+
+
+def test_status_after_the_run(history: History):
+    with queries.connect(history.path) as conn, dbmod.read(conn):
+        st = queries.status(conn, history.t0 + 40)
+    assert st.scheduler is not None and not st.scheduler.alive(history.t0 + 40)
+    states = {w.worker_id: w.state for w in st.workers}
+    assert states == {"cpu-1": "exited", "cpu-2": "dead", "gpu-1": "exited", "gpu-2": "exited",
+                      WEIRD: "exited"}
+
+
+def test_history_and_event_filters_are_bound(history: History):
+    t0 = history.t0
+    with queries.connect(history.path) as conn, dbmod.read(conn):
+        snaps = queries.history(conn, 1, since=t0 + 5, until=t0 + 9)
+        assert [s.cycle for s in snaps] == [5, 6, 7, 8, 9]
+        assert [s.cycle for s in queries.history(conn, 1, limit=3)] == [18, 19, 20]
+        stale = queries.events(conn, worker="gpu-2", event="stale")
+        assert [(e.ts - t0, e.run_id) for e in stale] == [(13, 1)]
+        assert queries.events(conn, worker="gpu-2' OR '1'='1") == []
+        weird = queries.events(conn, worker=WEIRD, event="joined")
+        assert [e.worker_id for e in weird] == [WEIRD]
+
+
+def test_connect_never_creates_a_file(tmp_path):
+    missing = tmp_path / "missing.db"
+    with pytest.raises(Exception, match="no such database"):
+        with queries.connect(str(missing)):
+            pass
+    assert not missing.exists()
+    assert os.listdir(tmp_path) == []
