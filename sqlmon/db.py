@@ -182,8 +182,13 @@ def _pragma(conn: Connection, sql: str) -> list[tuple[object, ...]]:
     # On the driver's connection, outside any transaction: through SQLAlchemy, the statement
     # would autobegin one, and a checkpoint inside a read transaction cannot pass its snapshot.
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         return cur.execute(sql).fetchall()
+    except dbapi_error as exc:
+        # Raised as SQLAlchemy raises every other statement's error, so that callers' except
+        # clauses see a failed checkpoint (an I/O error, a full disk) like any other.
+        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error) from exc
     finally:
         cur.close()
 

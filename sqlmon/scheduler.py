@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import sqlalchemy as sa
@@ -194,6 +195,8 @@ class Scheduler(multiprocessing.Process):
                 f" (and {earlier} earlier run{'s' * (earlier != 1)} never ended)" if earlier else "",
             )
         self.writes_skipped = 0
+        # Errors this run met, by stage and kind ("write: disk I/O error"): told at the end.
+        self.errors: Counter[str] = Counter()
         self._last_hud = -float("inf")
         self._last_skip_log = -float("inf")
         self._wal_warned = False
@@ -212,6 +215,7 @@ class Scheduler(multiprocessing.Process):
                 with dbmod.read(self._task_conn):
                     counts, high = self.backlog.read(self._task_conn)
         except sa.exc.DatabaseError as exc:
+            self.errors[f"read: {describe(exc)}"] += 1
             return Observation(read_started=now, error=describe(exc))
         return Observation(read_started=now, workers=workers, backlog=counts, high_water=high)
 
@@ -237,19 +241,28 @@ class Scheduler(multiprocessing.Process):
                     heartbeat=now + seconds,
                 )
             self.writes_skipped = 0
-            dbmod.checkpoint(self._conn)
-        except sa.exc.OperationalError as exc:
-            # The write lock was not had quickly (or the disk is full): skip this cycle's
-            # write rather than stall; the idle row goes stale, which never reads as idle.
+        except sa.exc.DatabaseError as exc:
+            # The write lock was not had quickly, the disk is full, an I/O error: skip this
+            # cycle's write rather than stall or die; the idle row goes stale, never idle.
             self.writes_skipped += 1
+            self.errors[f"write: {describe(exc)}"] += 1
             if mono - self._last_skip_log >= 60.0:
                 self._last_skip_log = mono
                 log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
+        else:
+            self._checkpoint()
         self._watch_wal()
         if mono - self._last_hud >= self.settings["hud_every"]:
             self._last_hud = mono
             log.info("%s", hud.render(cycle))
         return cycle
+
+    def _checkpoint(self) -> None:
+        # A failed checkpoint loses nothing (the next cycle's tries again): counted, not fatal.
+        try:
+            dbmod.checkpoint(self._conn)
+        except sa.exc.DatabaseError as exc:
+            self.errors[f"checkpoint: {describe(exc)}"] += 1
 
     def _watch_wal(self) -> None:
         size = dbmod.wal_size(self._url)
@@ -272,15 +285,27 @@ class Scheduler(multiprocessing.Process):
             dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
             with dbmod.write(self._conn):
                 history.end_run(self._conn, self.run_id, now=now, reason=reason)
-            log.info("scheduler run %d ended (%s)", self.run_id, reason)
+            log.info("scheduler run %d ended (%s)%s", self.run_id, reason, self._error_summary())
         except sa.exc.DatabaseError as exc:
-            log.error("scheduler could not close run %d: %s", self.run_id, describe(exc))
+            log.error(
+                "scheduler could not close run %d: %s%s",
+                self.run_id,
+                describe(exc),
+                self._error_summary(),
+            )
         finally:
             self._conn.close()
             self._engine.dispose()
             if self._task_conn is not None and self._task_engine is not None:
                 self._task_conn.close()
                 self._task_engine.dispose()
+
+    def _error_summary(self) -> str:
+        if not self.errors:
+            return ""
+        return "; database errors met: " + ", ".join(
+            f"{kind} x{n}" for kind, n in sorted(self.errors.items())
+        )
 
 
 def _log_to_terminal(level: int | str) -> None:
