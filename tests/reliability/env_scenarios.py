@@ -332,3 +332,90 @@ def _disk_full(o, mnt, work, workers, episodes, full_seconds, interval, every, c
     o.expect(all(c <= 1 for c in resume_cycles), f"beats resumed only after {resume_cycles} cycles")
     o.problems.extend(beats_accounted(db, results))
     o.problems.extend(check_database(db))
+
+
+# -- 15: injected I/O errors ------------------------------------------------------------------
+
+FIU_POINTS = (
+    "posix/io/rw/pread",
+    "posix/io/rw/pwrite",
+    "posix/io/sync/fsync",
+    "posix/io/sync/fdatasync",
+)
+
+
+def _fiu_ctrl(prefix: str, commands: list[str], pids: list[int]) -> list[str]:
+    """Send libfiu commands to running processes; return the pids it could not reach."""
+    failed = []
+    for pid in pids:
+        args = ["fiu-ctrl", "-f", prefix]
+        for c in commands:
+            args += ["-c", c]
+        done = subprocess.run([*args, str(pid)], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            failed.append(f"{pid}: {done.stderr.strip()}")
+    return failed
+
+
+def io_errors(
+    workers: int = 4,
+    seconds: float = 5.0,
+    probability: float = 0.002,
+    interval: float = 0.5,
+    every: float = 0.05,
+) -> Outcome:
+    """Reads, writes and syncs of the scheduler and the workers fail at random (libfiu,
+    injected from outside once they run): no process crashes, every error is counted where
+    sqlmon counts it, the idle row never says idle on a failed read, the file stays whole."""
+    o = Outcome("15 I/O errors")
+    if not (shutil.which("fiu-run") and shutil.which("fiu-ctrl")):
+        o.skipped = "fiu-run / fiu-ctrl not installed (Debian package fiu-utils)"
+        return o
+    with workdir("fiu") as work:
+        db = str(work / "x.db")
+        init_db(db)
+        run = Run(work)
+        prefix = str(work / "fiu")
+        wrap = ["fiu-run", "-x", "-f", prefix]
+        sched = run.start(
+            "scheduler",
+            "scheduler",
+            wrap=wrap,
+            db=db,
+            settings=scheduler_settings(interval, 4 * interval),
+            scaled={},
+        )
+        for i in range(workers):
+            run.start("worker", f"w{i}", wrap=wrap, db=db, worker_id=f"w{i}", every=every,
+                      category=None)
+        pids = [p.popen.pid for p in run.procs]
+        enable = [f"enable_random name={p},probability={probability}" for p in FIU_POINTS]
+        try:
+            if not started(db, workers):
+                o.problems.append("the pipeline did not start")
+                return o
+            o.problems.extend(_fiu_ctrl(prefix, enable, pids))
+            time.sleep(seconds)
+            o.problems.extend(_fiu_ctrl(prefix, [f"disable name={p}" for p in FIU_POINTS], pids))
+            o.expect(wait_for(lambda: is_idle(db), 30), "never idle again once the faults stopped")
+        finally:
+            o.problems.extend(run.stop())
+        results = [p.result() for p in run.procs if p.name.startswith("w")]
+        log = sched.log_text()
+        o.tried = {"workers": workers, "seconds": seconds, "probability": probability}
+        o.figures = {
+            "beats": sum(r.get("beats", 0) for r in results),
+            "missed": sum(r.get("missed", 0) for r in results),
+            "writes_skipped": sql(db, "SELECT coalesce(sum(writes_skipped), 0) FROM snapshots")[0][0],
+            "cycles": sql(db, "SELECT count(*) FROM snapshots")[0][0],
+        }
+        # The scheduler tells the errors it met, by stage and kind, when its run ends.
+        met = re.findall(r"database errors met: (.*)", log)
+        for kind, n in re.findall(r"(\w+: [^,]+?) x(\d+)", met[-1] if met else ""):
+            o.figures[kind] = int(n)
+        o.expect(
+            o.figures["missed"] > 0 or bool(met), "no error reached sqlmon: nothing was injected"
+        )
+        o.problems.extend(beats_accounted(db, results))
+        o.problems.extend(check_database(db))
+    return o

@@ -322,3 +322,7 @@ def held(outcome) -> None:  # type: ignore[no-untyped-def]
 
 def test_14_disk_full() -> None:
     held(env_scenarios.disk_full(workers=4, episodes=1, full_seconds=4.0, interval=0.5))
+
+
+def test_15_io_errors() -> None:
+    held(env_scenarios.io_errors(workers=4, seconds=5.0, probability=0.05, interval=0.5))
