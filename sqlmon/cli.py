@@ -90,7 +90,7 @@ def demo(
     gpu_workers: Annotated[int, typer.Option(min=1, help="GPU worker processes.")] = 3,
     cpu_workers: Annotated[int, typer.Option(min=1, help="CPU worker processes.")] = 5,
     videos: Annotated[int, typer.Option(min=1, help="Videos to process.")] = 3,
-    frames: Annotated[int, typer.Option(min=1, help="Frames per video.")] = 8,
+    frames: Annotated[int, typer.Option(min=1, help="Frames per video.")] = 16,
     length: Annotated[float, typer.Option(min=0.0, help="Scale of each task's work.")] = 1.0,
     stuck: Annotated[
         bool, typer.Option(help="One worker hangs, goes stale, then recovers.")
@@ -348,7 +348,9 @@ def timeline(
         with dbmod.read(conn):
             tl = tlmod.load(conn, chosen.run_id, chosen.started_at, chosen.end)
     columns = width or shutil.get_terminal_size((100, 24)).columns
-    typer.echo(tlmod.text(tl, columns, _colour_allowed() if colour is None else colour))
+    colour = _colour_allowed() if colour is None else colour
+    # echo strips escapes when stdout is no terminal; --colour asks for them all the same.
+    typer.echo(tlmod.text(tl, columns, colour), color=colour)
     if target is not None:
         try:
             target.write_text(tlmod.html(tl), encoding="utf-8")

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from sqlmon import Heartbeat, Scheduler, init_db
+from sqlmon import Heartbeat, Scheduler, init_db, queries
 from sqlmon import db as dbmod
-from sqlmon import queries
 from tests.conftest import execute
 
 WEIRD = "cpu-\x1b[31mX"  # a worker id with a terminal escape in it

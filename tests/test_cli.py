@@ -1,0 +1,343 @@
+"""The `sqlmon` inspection commands through typer's test runner and as real subprocesses,
+against databases made by real runs; every bad input; the read-only promise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sqlmon import Heartbeat, Scheduler, init_db
+from sqlmon.cli import app
+from tests.test_inspect_history import WEIRD, History, build_history
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+# Every inspection command, as people run them; none may change a byte of the database.
+INSPECTIONS = [
+    ["status"], ["status", "--format", "json"], ["status", "-f", "csv"],
+    ["watch", "--count", "2", "--interval", "0.1"],
+    ["runs"], ["runs", "-f", "json"], ["runs", "-f", "csv"],
+    ["history"], ["history", "--run", "1", "--since", "1h", "--limit", "5", "-f", "csv"],
+    ["events"], ["events", "--worker", "gpu-2", "--event", "stale", "-f", "json"],
+    ["timeline", "--run", "1", "--width", "60"],
+    ["report", "--run", "1"], ["report", "--run", "1", "-f", "json"],
+    ["check"], ["idle"], ["prune", "--older-than", "7d", "--dry-run"],
+]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    return build_history(str(tmp_path_factory.mktemp("cli") / "history.db"))
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]  # type: ignore[union-attr]
+    assert {"status", "watch", "runs", "history", "events", "timeline", "report", "check",
+            "idle", "prune", "init", "run", "demo"} <= set(names)
+    top = invoke("--help")
+    assert top.exit_code == 0
+    for name in names:
+        result = invoke(name, "--help")
+        assert result.exit_code == 0, name
+        assert name in top.output
+        assert f"sqlmon {name}" in readme, f"README shows no `sqlmon {name}`"
+
+
+def test_status_runs_history_events(history: History):
+    out = invoke("status", history.path).output
+    assert "scheduler: run 2, cycle 2" in out and "NOT RESPONDING" in out
+    assert re.search(r"cpu-2 +cpu +\d+ +SUMMARY +.+ +dead", out)
+    assert "cpu-\\x1b[31mX" in out and "\x1b" not in out  # shown, never obeyed
+    runs = json.loads(invoke("runs", history.path, "-f", "json").output)
+    assert [(r["run_id"], r["state"]) for r in runs] == [(1, "ended"), (2, "vanished")]
+    assert invoke("runs", history.path).output.splitlines()[2].split()[7:9] == [
+        "ended", "terminate"
+    ]
+    csv_lines = invoke("history", history.path, "--run", "1", "--limit", "3", "-f", "csv").output
+    assert [line.split(",")[1] for line in csv_lines.splitlines()] == [
+        "cycle", "18", "19", "20"
+    ]
+    stale = json.loads(
+        invoke("events", history.path, "--worker", "gpu-2", "--event", "stale", "-f",
+               "json").output
+    )
+    assert [(e["worker_id"], e["event"], e["run_id"]) for e in stale] == [("gpu-2", "stale", 1)]
+    ocr = json.loads(invoke("events", history.path, "--category", "OCR", "-f", "json").output)
+    assert {(e["worker_id"], e["event"]) for e in ocr} == {("gpu-1", "busy")}
+    weird = invoke("events", history.path, "--worker", WEIRD)
+    assert weird.exit_code == 0 and "cpu-\\x1b[31mX" in weird.output
+
+
+def test_timeline_text_and_html(history: History, tmp_path: Path):
+    page = tmp_path / "run1.html"
+    result = invoke("timeline", history.path, "--run", "1", "--width", "60", "--no-colour",
+                    "--html", str(page))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("run 1: ") and "(20.5 s)" in lines[0]
+    gpu2 = next(line for line in lines if line.startswith("gpu-2 "))
+    assert "!" in gpu2 and len(gpu2) == 60
+    assert lines[-1] == f"wrote {page}"
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<svg" in text and "<polyline" in text
+    assert "https:" not in text and "src=" not in text
+    coloured = invoke("timeline", history.path, "--run", "1", "--width", "60", "--colour")
+    assert "\x1b[" in coloured.output
+    refused = invoke("timeline", history.path, "--html", history.path)
+    assert refused.exit_code == 2 and "is the database itself" in refused.output
+
+
+def test_report_of_a_run(history: History):
+    out = invoke("report", history.path, "--run", "1").output
+    assert "length 20.5 s; drained in 9.0 s" in out
+    assert re.search(r"gpu-2 +.+ +1 +13\.0 s", out)  # longest gap: 3 s stale + stale_after
+    assert re.search(r"gpu-2 +\S+ \S+ +3\.0 s +recovered", out)
+    assert re.search(r"cpu-2 +\S+ \S+ +pid \d+ is gone", out)
+    data = json.loads(invoke("report", history.path, "--run", "1", "-f", "json").output)
+    assert data["cycles"]["count"] == 20
+
+
+def test_watch_redraws_until_its_count(history: History):
+    result = invoke("watch", history.path, "--count", "2", "--interval", "0.1")
+    assert result.exit_code == 0
+    assert result.output.count("scheduler: run 2") == 2
+
+
+def test_check_and_idle_exit_codes(history: History, tmp_path: Path):
+    result = invoke("check", history.path)
+    assert result.exit_code == 1
+    assert result.output.startswith("the scheduler's heartbeat is") or "stopped" in result.output
+    assert invoke("idle", history.path).exit_code == 1
+    # A live scheduler (real clocks) with one idle worker: healthy, and idle once confirmed.
+    live = str(tmp_path / "live.db")
+    init_db(live)
+    hb = Heartbeat(live, "gpu-1", "gpu", min_interval=0.0)
+    sched = Scheduler(live, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
+    sched.open()
+    try:
+        hb.beat(None)
+        sched.step()
+        first = invoke("idle", live)
+        assert (first.exit_code, first.output) == (1, "not idle: confirming idle (1/2)\n")
+        hb.beat(None)
+        sched.step()
+        ok = invoke("check", live)
+        assert ok.exit_code == 0 and ok.output.startswith("ok: run 1 cycle 2"), ok.output
+        assert (invoke("idle", live).exit_code, invoke("idle", live).output) == (0, "idle\n")
+        assert invoke("idle", live, "--since", "2027-01-01 00:00").exit_code == 1
+    finally:
+        hb.close()
+        sched.close()
+
+
+def _bad_inputs(tmp_path: Path, history: History) -> list[tuple[list[str], str, str | None]]:
+    """(arguments, what stderr says, the file that must not change)."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    newer = tmp_path / "newer.db"
+    init_db(str(newer))
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE sqlmon_alembic_version SET version_num = '9999'")
+    conn.close()
+    missing = str(tmp_path / "missing.db")
+    h = history.path
+    return [
+        (["status", missing], "no such database", None),
+        (["report", f"sqlite:///{missing}"], "no such database", None),
+        (["runs", str(tmp_path)], "is a directory", None),
+        (["status", str(text)], "not an SQLite database", str(text)),
+        (["history", str(foreign)], "not a sqlmon database", str(foreign)),
+        (["events", str(newer)], "is newer than this sqlmon knows", str(newer)),
+        (["prune", str(newer), "--older-than", "7d"], "is newer than this sqlmon", str(newer)),
+        (["report", h, "--run", "99"], "no run 99 (runs here: 1 to 2)", h),
+        (["timeline", h, "--run", "99"], "no run 99", h),
+        (["history", h, "--since", "yesterdayish"], "--since: 'yesterdayish' is neither", h),
+        (["events", h, "--until", "25:99"], "--until:", h),
+        (["events", h, "--event", "exploded"], "--event: unknown event 'exploded'", h),
+        (["runs", h, "--format", "xml"], "unknown format 'xml'", h),
+        (["prune", h, "--older-than", "7"], "--older-than: '7' is not a duration", h),
+    ]
+
+
+def test_bad_input_one_line_exit_2_nothing_changed(history: History, tmp_path: Path):
+    cases = _bad_inputs(tmp_path, history)
+    before = sorted(os.listdir(tmp_path))
+    for args, says, keep in cases:
+        sums = digest(keep) if keep else None
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stdout == "", args
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sqlmon: ") and says in lines[0], (
+            args, result.stderr
+        )
+        assert "Traceback" not in result.output
+        if keep:
+            assert digest(keep) == sums, args
+    # missing.db was never created (readers of WAL files may add -wal / -shm beside them)
+    assert not (tmp_path / "missing.db").exists()
+    assert {n for n in os.listdir(tmp_path) if not n.endswith(("-wal", "-shm"))} == {
+        n for n in before if not n.endswith(("-wal", "-shm"))
+    }
+
+
+def test_inspection_never_changes_a_byte(history: History, tmp_path: Path):
+    db = str(tmp_path / "copy.db")
+    shutil.copy(history.path, db)
+    before = digest(db)
+    for args in INSPECTIONS:
+        result = invoke(args[0], db, *args[1:])
+        assert result.exit_code in (0, 1), (args, result.output)
+        assert digest(db) == before, args
+
+
+def test_inspection_works_while_a_writer_holds_the_lock(history: History, tmp_path: Path):
+    """A read-only command never asks for the write lock: it runs while someone holds it."""
+    db = str(tmp_path / "locked.db")
+    shutil.copy(history.path, db)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE runs SET host = 'elsewhere' WHERE run_id = 1")
+    try:
+        for args in INSPECTIONS:
+            if args[0] == "prune":
+                continue
+            result = invoke(args[0], db, *args[1:])
+            assert result.exit_code in (0, 1), (args, result.output)
+        # Readers see the last commit, never the writer's uncommitted change.
+        assert "elsewhere" not in invoke("runs", db).output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_prune_deletes_old_runs_in_batches_never_the_current(tmp_path: Path):
+    db = str(tmp_path / "old.db")
+    init_db(db)
+    past = time.time() - 10 * 86400
+    for start in (past, past + 100):
+        sched = Scheduler(db, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
+        sched.open(now=start)
+        hb = Heartbeat(db, f"w{int(start - past)}", "cpu", min_interval=0.0)
+        for k in range(1, 6):
+            hb.beat("OCR" if k % 2 else None)
+            sched.step(now=start + k, mono=1000.0 + start - past + k)
+        hb.close()
+        sched.close("terminate", now=start + 6)
+    current = Scheduler(db, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
+    current.open(now=past)  # the current run: old by its clock, and still never pruned
+    current.step(now=past + 1, mono=5000.0)
+    current.close("terminate", now=past + 2)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE runs SET ended_at = NULL WHERE run_id = 3")
+    conn.commit()
+    counts = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE run_id IN (1, 2)").fetchone()[0]
+              for t in ("snapshots", "worker_events")}
+    counts["snapshot_counts"] = conn.execute(
+        "SELECT count(*) FROM snapshot_counts WHERE snapshot_id IN "
+        "(SELECT id FROM snapshots WHERE run_id IN (1, 2))"
+    ).fetchone()[0]
+    conn.close()
+    dry = invoke("prune", db, "--older-than", "7d", "--dry-run")
+    assert dry.output == "would prune 2 run(s) (1, 2) older than 7d\n"
+    result = invoke("prune", db, "--older-than", "7d")
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        f"pruned 2 run(s) (1, 2) older than 7d: {counts['snapshots']} snapshots, "
+        f"{counts['snapshot_counts']} snapshot counts, {counts['worker_events']} worker events "
+        f"and 2 run rows; {2 + sum(counts.values())} rows in all\n"
+    )
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT run_id FROM runs").fetchall() == [(3,)]
+    assert conn.execute("SELECT count(*) FROM snapshots WHERE run_id = 3").fetchone() == (1,)
+    conn.close()
+    again = invoke("prune", db, "--older-than", "7d")
+    assert again.output == "nothing to prune: 0 run(s) older than 7d\n"
+
+
+def test_prune_batches(tmp_path: Path):
+    """Each batch is its own short write transaction: with a batch of 2, many of them."""
+    from sqlmon import db as dbmod
+    from sqlmon.prune import prune
+
+    db = str(tmp_path / "batches.db")
+    init_db(db)
+    sched = Scheduler(db, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
+    start = time.time() - 86400
+    sched.open(now=start)
+    for k in range(1, 8):
+        sched.step(now=start + k, mono=100.0 + k)
+    sched.close("terminate", now=start + 8)
+    init_db(db)
+    engine = dbmod.engine(db, "scheduler")
+    commits = []
+    from sqlalchemy import event
+
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    with engine.connect() as conn:
+        conn.execute  # noqa: B018 (no statement outside a transaction)
+        done = prune(conn, time.time(), batch=2)
+    engine.dispose()
+    assert (done.runs, done.snapshots) == ([], 0)  # run 1 is the current run: never pruned
+    second = Scheduler(db, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
+    second.open()
+    second.close()
+    engine = dbmod.engine(db, "scheduler")
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    with engine.connect() as conn:
+        done = prune(conn, time.time() - 3600, batch=2)
+    engine.dispose()
+    assert (done.runs, done.snapshots) == ([1], 7)
+    assert len(commits) >= 4 + 1 + 1  # 4 batches of snapshots, the events, the run row
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sqlmon", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}, timeout=60,
+    )
+
+
+def test_real_subprocess(history: History, tmp_path: Path):
+    before = digest(history.path)
+    report = _cli("report", history.path, "--run", "1", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["run_id"] == 1
+    timeline = _cli("timeline", history.path, "--run", "1")
+    assert timeline.returncode == 0
+    assert all(len(line) <= 100 for line in timeline.stdout.splitlines()[1:-1])
+    assert "\x1b[" not in timeline.stdout  # not a terminal: no colour
+    check = _cli("check", history.path)
+    assert check.returncode == 1 and len(check.stdout.splitlines()) == 1
+    missing = _cli("status", "missing.db", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr == f"sqlmon: {tmp_path}/missing.db: no such database " \
+        "(create it with `sqlmon init`)\n"
+    assert not (tmp_path / "missing.db").exists()
+    assert digest(history.path) == before
