@@ -205,6 +205,21 @@ def set_busy_timeout(conn: Connection, seconds: float) -> None:
         _pragma(conn, f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
 
+def set_driver_busy_timeout(dbapi_connection: sqlite3.Connection, seconds: float) -> None:
+    """The same on a driver connection (the heartbeat holds one): outside any transaction."""
+    cur = dbapi_connection.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+    finally:
+        cur.close()
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether a driver error means that someone else holds the lock (SQLITE_BUSY)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_BUSY or (code is None and "database is locked" in str(exc))
+
+
 def wal_size(url: URL) -> int:
     """Bytes in the -wal file beside an SQLite database, 0 when there is none."""
     path = sqlite_path(url)

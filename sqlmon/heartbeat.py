@@ -78,6 +78,7 @@ class Heartbeat:
         self._category: Any = _UNSET
         self._last_write = -float("inf")
         self._last_log = -float("inf")
+        self._contended = False  # someone holds the write lock: try it, never wait for it
 
     # Processes receive plain data: a spawned child gets the settings, never the connection.
     def __getstate__(self) -> dict[str, Any]:
@@ -159,10 +160,19 @@ class Heartbeat:
             else:
                 text, since = self._category_text, self._category_since
             row = (*self._row, text, since, wall, self._started_at, wall if exited else None)
+            if self._contended and exited:
+                self._contend(False)  # the last write gets its full short wait
             self._cursor.execute(self._sql, row)  # the row is in _COLUMNS order
+            if self._contended:
+                self._contend(False)
         except self._errors as exc:
             # A locked database, a full disk, an I/O error: drop this beat, the next one tries.
             self.missed += 1
+            if not self._contended and not exited and dbmod.is_busy(exc):
+                # A lock held for long (a paused scheduler, a person in the sqlite3 shell) would
+                # cost every change of category the whole busy timeout: until a beat gets
+                # through, beats try the lock once and give up at once.
+                self._contend(True)
             if now - self._last_log >= config.MISSED_LOG_EVERY:
                 self._last_log = now
                 log.warning(
@@ -171,6 +181,16 @@ class Heartbeat:
             return
         self._category, self._category_text, self._category_since = category, text, since
         self._last_write = now
+
+
+    def _contend(self, on: bool) -> None:
+        if self._engine is not None and self._engine.dialect.name == "sqlite":
+            timeout = 0.0 if on else config.WORKER_BUSY_TIMEOUT
+            try:
+                dbmod.set_driver_busy_timeout(self._conn.driver_connection, timeout)
+            except self._errors:
+                return
+        self._contended = on
 
 
 def _text(category: Any) -> str | None:
