@@ -243,7 +243,9 @@ class Monitor:
             if not late and not self._alive(row):
                 t.dead = True
                 emit(now, "dead", row.category, f"pid {row.pid} is gone")
-            elif not t.stale and mono - t.beats_mono >= self.stale_after:
+            # Nor stale: a paused scheduler may have held the write lock all along, so that
+            # the beats it missed were never written; the next cycle judges afresh.
+            elif not late and not t.stale and mono - t.beats_mono >= self.stale_after:
                 t.stale = True
                 emit(now, "stale", row.category, f"no beat for {mono - t.beats_mono:.0f} s")
             if t.stale and not t.warned and mono - t.beats_mono >= self.warn_after:
