@@ -1,0 +1,1 @@
+"""The fault-injection suite (issue 5): scenarios shared by the CI tests and scripts/soak.py."""

@@ -1,0 +1,882 @@
+"""Process faults (issue 5, scenarios 1-3 and 6-12): kills, pauses, lock holders, fork and
+start-up storms, idle races, pid reuse. Each scenario is a function of its counts, returning an
+Outcome; the CI tests call them small, scripts/soak.py large. Faults come from outside the code
+under test: os.kill on real processes, the sqlite3 shell, the kernel's pid allocator.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmon import Heartbeat, Scheduler, TaskTable, init_db, is_idle, wait_idle
+from sqlmon import config as sqlmon_config
+
+from . import targets
+from .harness import (
+    Activity,
+    Clock,
+    Outcome,
+    Truth,
+    TruthWriter,
+    captured,
+    check_database,
+    enqueue,
+    events,
+    false_idles,
+    kill,
+    make_task_db,
+    snapshots,
+    sql,
+    stop_all,
+    wait_for,
+    worker_errors,
+)
+
+FORK = multiprocessing.get_context("fork")  # fast restarts; scenario 6 covers the others
+GUARD = 60.0  # s: waits give up after this (a hang is reported, never a pass criterion)
+
+
+@dataclass
+class Rig:
+    """One scenario's files, ground truth and clocks."""
+
+    db: str
+    tasks_db: str
+    truth: Truth
+    clock: Clock
+    driver: TruthWriter
+
+    @classmethod
+    def make(cls, tmp: Path, *, separate_tasks: bool = False) -> Rig:
+        tmp.mkdir(parents=True, exist_ok=True)
+        db = str(tmp / "sqlmon.db")
+        init_db(db)
+        tasks_db = make_task_db(str(tmp / "tasks.db")) if separate_tasks else db
+        truth = Truth(tmp / "truth")
+        return cls(db, tasks_db, truth, Clock(), truth.writer("driver"))
+
+    @property
+    def backlog(self) -> TaskTable | None:
+        return TaskTable(database=self.tasks_db) if self.tasks_db != self.db else None
+
+    def scheduler(self, **kwargs: Any) -> Scheduler:
+        kwargs.setdefault("log_level", "ERROR")
+        kwargs.setdefault("start_method", "fork")
+        return Scheduler(self.db, backlog=self.backlog, **kwargs)
+
+    def worker(self, worker_id: str, stop: Any, pool: str = "gpu", **opts: Any) -> Any:
+        p = FORK.Process(
+            target=targets.pipeline_worker,
+            args=(self.db, self.tasks_db, worker_id, pool, str(self.truth.dir), stop, opts),
+            name=worker_id,
+        )
+        p.start()
+        return p
+
+    def finish(self, out: Outcome, procs: list[Any], terminate: Any = None) -> Outcome:
+        """Stop everyone, then the checks every scenario ends with."""
+        out.problems += stop_all(procs, terminate)
+        self.clock.close()
+        out.problems += check_database(self.db)
+        out.problems += worker_errors(self.truth)
+        for p in procs:
+            if p.exitcode not in (0, None, -signal.SIGKILL):
+                out.problems.append(f"{p.name} exited with {p.exitcode}")
+        return out
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return self.truth.records("summary")
+
+    def wall(self, mono: float) -> float:
+        return mono + (self.clock.samples[0])
+
+
+def _beat_figures(out: Outcome, rig: Rig) -> tuple[int, int]:
+    summaries = rig.summaries()
+    calls = sum(s["calls"] for s in summaries)
+    missed = sum(s["missed"] for s in summaries)
+    out.figures["beats"] = calls
+    out.figures["missed"] = missed
+    if summaries:
+        out.figures["beat p99 ms"] = round(1000 * max(s["p99"] for s in summaries), 2)
+        out.figures["beat max ms"] = round(1000 * max(s["max"] for s in summaries), 1)
+    return calls, missed
+
+
+# -- 1. scheduler kill storm -----------------------------------------------------------------
+
+
+def kill_storm(
+    tmp: Path,
+    *,
+    kills: int = 50,
+    workers: int = 8,
+    interval: float = 0.05,
+    deadline: float | None = None,
+    seed: int = 1,
+) -> Outcome:
+    """SIGKILL the scheduler at a random instant after each restart while 8 workers beat at
+    20 Hz and drain tasks. After every kill the file is checked whole; at the end, every killed
+    run is still open (ended abnormally), the next start says so, no verdict was idle while the
+    pipeline had work, and the workers lost at most 0.1% of their beats."""
+    rng = random.Random(seed)
+    # The task table in its own file, as the README recommends: in the same file, the
+    # pipeline's own claims make 8 workers on 2 cores miss ~0.5% of beats with no fault at all.
+    rig = Rig.make(tmp, separate_tasks=True)
+    out = Outcome("1 scheduler kill storm")
+    stop = FORK.Event()
+    enqueue(rig.tasks_db, rig.driver, 30 * workers, depth=3)
+    procs = [rig.worker(f"w{i}", stop, beat_every=0.05, work=0.05) for i in range(workers)]
+    killed_runs: list[int] = []
+    before_run = done = 0
+    for k in range(kills):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        if sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0] < 4 * workers:
+            enqueue(rig.tasks_db, rig.driver, 10 * workers, depth=3)
+        s = rig.scheduler(interval=interval, stale_after=10.0)
+        s.start()
+        # Anywhere from before the run row exists to several cycles in: mid-read, mid-write.
+        time.sleep(rng.uniform(0, 6 * interval))
+        kill(s.pid)
+        s.join()
+        done += 1
+        problems = check_database(rig.db)
+        if problems:
+            out.problems += [f"after kill {k + 1}: {p}" for p in problems]
+            break
+        run = sql(rig.db, "SELECT run_id, ended_at, end_reason FROM runs WHERE pid = ?", (s.pid,))
+        if not run:
+            before_run += 1
+            continue
+        run_id, ended_at, reason = run[-1]
+        out.expect(ended_at is None and reason is None, f"killed run {run_id} reads as ended")
+        killed_runs.append(run_id)
+    out.tried = {"kills": done, "workers": workers}
+    out.figures["kills before the run row"] = before_run
+
+    # The next start names the killed run; then the pipeline drains and the verdict comes.
+    final = rig.scheduler(interval=interval, stale_after=10.0)
+    with captured() as logs:
+        run_id = final.open()
+    text = " ".join(r.getMessage() for r in logs)
+    if killed_runs:
+        out.expect(
+            f"run {killed_runs[-1]} ended abnormally" in text,
+            f"the next start did not report run {killed_runs[-1]} as ended abnormally: {text!r}",
+        )
+    lines = sum(1 for r in logs if "abnormally" in r.getMessage())
+    out.expect(lines <= 1, f"the next start logged {lines} lines about killed runs")
+    idle = False
+    guard = time.monotonic() + GUARD
+    while not idle and time.monotonic() < guard:
+        time.sleep(interval)
+        idle = final.step().idle
+    out.expect(idle, "no idle verdict after the pipeline drained")
+    final.close("terminate")
+    stopped = stop_all(procs, stop)
+    unended = sql(rig.db, "SELECT count(*) FROM runs WHERE ended_at IS NULL AND run_id != ?", (run_id,))
+    out.expect(unended[0][0] == len(killed_runs), f"{unended[0][0]} open runs, {len(killed_runs)} killed")
+    rig.finish(out, procs)
+    out.problems += stopped
+    out.problems += false_idles(rig.db, Activity.from_truth(rig.truth), rig.clock, 2)
+    calls, missed = _beat_figures(out, rig)
+    out.expect(calls > 0 and missed <= 0.001 * calls, f"{missed} of {calls} beats missed (> 0.1%)")
+    out.figures["snapshots"] = len(snapshots(rig.db))
+    return out
+
+
+# -- 2. worker kills mid-claim and mid-beat ---------------------------------------------------
+
+
+def worker_kills(
+    tmp: Path, *, kills: int = 20, workers: int = 4, interval: float = 0.05, seed: int = 2
+) -> Outcome:
+    """SIGKILL workers at random instants of a tight claim / beat / complete loop, with the
+    scheduler driven one cycle at a time. Each killed worker is reported dead within two
+    cycles, its claimed task keeps the system not idle until the driver ends it, and a worker
+    restarted under the same id is a new incarnation whose row owes nothing to the old one."""
+    rng = random.Random(seed)
+    rig = Rig.make(tmp)
+    out = Outcome("2 worker kills mid-claim and mid-beat")
+    stop = FORK.Event()
+    enqueue(rig.tasks_db, rig.driver, 400 * workers)
+    opts = {"beat_every": 0.005, "work": 0.004}
+    procs = {f"w{i}": rig.worker(f"w{i}", stop, **opts) for i in range(workers)}
+    every = list(procs.values())
+    s = rig.scheduler(interval=interval, stale_after=5.0, warn_after=5.0)
+    s.open()
+
+    def cycle() -> Any:
+        time.sleep(interval)
+        return s.step()
+
+    wait_for(lambda: sql(rig.db, "SELECT count(*) FROM worker_status")[0][0] == workers, GUARD)
+    for _ in range(3):
+        cycle()
+    orphans: set[int] = set()
+    restarts: list[tuple[str, int, int]] = []  # (worker, old pid, new pid)
+    unseen = 0
+    worst = 0
+    for k in range(kills):
+        wid = rng.choice(sorted(procs))
+        p = procs[wid]
+        time.sleep(rng.uniform(0, 0.02))
+        seen = sql(rig.db, "SELECT pid FROM worker_status WHERE worker_id = ?", (wid,))
+        kill(p.pid)
+        p.join()
+        held = {
+            t
+            for (t,) in sql(
+                rig.tasks_db,
+                "SELECT id FROM tasks WHERE status = 'running' AND worker_id = ?",
+                (wid,),
+            )
+        }
+        orphans |= held
+        if held:
+            rig.driver.write("orphan", tasks=sorted(held))
+        old = p.pid
+        if k % 2 == 0:  # restarted before the scheduler saw the death: replaced
+            procs[wid] = p = rig.worker(wid, stop, **opts)
+            every.append(p)
+        if seen and seen[0][0] == old:
+            for c in range(1, 4):
+                cycle()
+                if sql(
+                    rig.db,
+                    "SELECT 1 FROM worker_events WHERE worker_id = ? AND event = 'dead' AND pid = ?",
+                    (wid, old),
+                ):
+                    worst = max(worst, c)
+                    break
+            else:
+                out.problems.append(f"kill {k + 1}: {wid} (pid {old}) not reported dead in 3 cycles")
+        else:
+            unseen += 1  # killed before its first beat: the row still named the older process
+        if k % 2 == 1:  # restarted after the scheduler reported the death
+            procs[wid] = p = rig.worker(wid, stop, **opts)
+            every.append(p)
+        restarts.append((wid, old, p.pid))
+        wait_for(
+            lambda w=wid, q=p: sql(rig.db, "SELECT pid FROM worker_status WHERE worker_id = ?", (w,))
+            == [(q.pid,)],
+            GUARD,
+        )
+        cycle()
+        cycle()
+    out.tried = {"kills": kills, "workers": workers}
+    out.figures["cycles to dead (worst)"] = worst
+    out.figures["kills before first beat"] = unseen
+    out.figures["orphaned tasks"] = len(orphans)
+
+    # Every restart is a new incarnation, and says so.
+    for wid, old, new in restarts:
+        joined = sql(
+            rig.db,
+            "SELECT detail FROM worker_events WHERE worker_id = ? AND event = 'joined' AND pid = ?",
+            (wid, new),
+        )
+        out.expect(
+            any(f"new incarnation (was pid {old})" in (d or "") for (d,) in joined)
+            or old not in {e["pid"] for e in events(rig.db, wid)},
+            f"{wid}: pid {new} not reported as a new incarnation of pid {old}",
+        )
+
+    # Drain: the orphaned tasks alone keep the system not idle.
+    wait_for(lambda: sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0] == 0, GUARD)
+    wait_for(lambda: sql(rig.db, "SELECT count(*) FROM worker_status WHERE category IS NOT NULL")[0][0] == 0, GUARD)
+    if orphans:
+        for _ in range(4):
+            c = cycle()
+            out.expect(not c.idle, f"idle while {len(orphans)} orphaned tasks were running")
+            out.expect("running" in (c.not_idle_reason or ""), f"reason: {c.not_idle_reason!r}")
+        conn = sqlite3.connect(rig.tasks_db, timeout=30, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("UPDATE tasks SET status = 'failed' WHERE id = ?", [(t,) for t in orphans])
+        t = time.monotonic()
+        conn.execute("COMMIT")
+        conn.close()
+        for task in orphans:
+            rig.driver.write("reaped", t=t, task=task)
+    cycles_to_idle = 0
+    for n in range(1, 10):
+        if cycle().idle:
+            cycles_to_idle = n
+            break
+    out.expect(0 < cycles_to_idle <= 3, f"idle {cycles_to_idle or 'never'} cycles after the reap")
+    stop.set()
+    stopped = stop_all(every)
+    for _ in range(2):
+        cycle()
+    s.close("terminate")
+    out.problems += stopped
+    rig.finish(out, every)
+    out.problems += false_idles(rig.db, Activity.from_truth(rig.truth), rig.clock, 2)
+    # Nothing of an old row leaks: each last incarnation's beats are exactly its own writes.
+    for summ in rig.summaries():
+        row = sql(
+            rig.db, "SELECT pid, beats, category, exited_at FROM worker_status WHERE worker_id = ?",
+            (summ["who"],),
+        )[0]
+        if row[0] != summ["pid"]:
+            continue
+        own = summ["calls"] - summ["missed"] + 1
+        out.expect(row[1] == own, f"{summ['who']}: {row[1]} beats in its row, {own} written by it")
+        out.expect(row[2] is None and row[3] is not None, f"{summ['who']}: row {row} after close")
+    _beat_figures(out, rig)
+    return out
+
+
+# -- 3. lock holders: the scheduler paused in its write, a person in the sqlite3 shell --------
+
+
+def _lock_held(db: str) -> bool:
+    """Whether someone holds the write lock: BEGIN IMMEDIATE fails at once, twice in a row (a
+    worker's upsert holds it for microseconds; a paused scheduler for as long as it is paused)."""
+    for attempt in range(2):
+        conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            conn.close()
+        if attempt == 0:
+            time.sleep(0.005)
+    return True
+
+
+def lock_holders(
+    tmp: Path,
+    *,
+    pause: float = 2.0,
+    hold: float = 2.0,
+    workers: int = 4,
+    interval: float = 0.05,
+    seed: int = 3,
+) -> Outcome:
+    """The scheduler stopped (SIGSTOP) inside its write transaction for `pause` s, then a person
+    holding BEGIN IMMEDIATE in the sqlite3 shell for `hold` s. Beats wait at most their short
+    busy timeout, are counted missed and never raise; with the task table in its own file the
+    workers' throughput holds; the cycle after the pause is marked late and judges neither
+    dead nor idle."""
+    rng = random.Random(seed)
+    rig = Rig.make(tmp, separate_tasks=True)
+    out = Outcome("3 write lock held: scheduler paused, sqlite3 shell")
+    stop, term = FORK.Event(), FORK.Event()
+    enqueue(rig.tasks_db, rig.driver, 6000)
+    procs = [rig.worker(f"w{i}", stop, beat_every=0.02, work=0.02, min_interval=0.5)
+             for i in range(workers)]
+    s = rig.scheduler(interval=interval, stale_after=0.5, warn_after=0.5, terminate=term)
+    s.start()
+    wait_for(lambda: len(snapshots(rig.db)) >= 10, GUARD)
+    time.sleep(max(pause, hold))  # the baseline for throughput
+
+    # a. SIGSTOP the scheduler until it is caught inside its write transaction.
+    attempts = 0
+    while True:
+        attempts += 1
+        kill(s.pid, signal.SIGSTOP)
+        if _lock_held(rig.db) or attempts >= 5000:
+            break
+        kill(s.pid, signal.SIGCONT)
+        time.sleep(rng.uniform(0, interval))
+    caught = attempts < 5000
+    out.expect(caught, "never caught the scheduler inside its write transaction")
+    t0 = time.monotonic()
+    time.sleep(pause)
+    t1 = time.monotonic()
+    kill(s.pid, signal.SIGCONT)
+    resumed = rig.clock.samples[0] + t1
+    wait_for(lambda: len([x for x in snapshots(rig.db) if x.ts > resumed]) >= 5, GUARD)
+    time.sleep(max(pause, hold))
+
+    # b. A person holds the write lock from the sqlite3 shell.
+    shell = subprocess.Popen(
+        ["sqlite3", rig.db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert shell.stdin is not None and shell.stdout is not None
+    shell.stdin.write(".timeout 10000\nBEGIN IMMEDIATE;\nSELECT 'held';\n")
+    shell.stdin.flush()
+    out.expect(shell.stdout.readline().strip() == "held", "the sqlite3 shell did not take the lock")
+    t2 = time.monotonic()
+    time.sleep(hold)
+    t3 = time.monotonic()
+    shell.stdin.write("COMMIT;\n.quit\n")
+    shell.stdin.flush()
+    shell.wait(GUARD)
+    released = rig.clock.samples[0] + t3
+    wait_for(lambda: len([x for x in snapshots(rig.db) if x.ts > released]) >= 5, GUARD)
+    stop.set()
+    stopped = stop_all(procs)
+    rig.finish(out, [*procs, s], term)
+    out.problems += stopped
+    out.tried = {"pause s": pause, "hold s": hold, "stop attempts": attempts}
+
+    done = [r["t"] for r in rig.truth.records("done")]
+
+    def rate(a: float, b: float) -> float:
+        return sum(1 for t in done if a <= t < b) / (b - a)
+
+    for name, a, b, span in (("paused", t0, t1, pause), ("shell", t2, t3, hold)):
+        before = rate(a - span, a)
+        ratio = rate(a, b) / before if before else 0.0
+        out.figures[f"throughput {name}/before"] = round(ratio, 2)
+        # Beats that each waited out the busy timeout cut it to ~10%; the machine's own noise
+        # (2 shared cores) moves it by a third either way.
+        out.expect(ratio >= 0.5, f"throughput fell to {ratio:.0%} while the lock was held ({name})")
+    calls, missed = _beat_figures(out, rig)
+    busy = sqlmon_config.WORKER_BUSY_TIMEOUT
+    worst = max((x["max"] for x in rig.summaries()), default=0.0)
+    # A beat that waited for the holder would have taken the whole pause.
+    out.expect(worst < min(pause, hold) / 2, f"a beat took {worst:.2f} s (busy timeout {busy} s)")
+    out.expect(missed > 0, "no beat was counted missed while the lock was held")
+    snaps = snapshots(rig.db)
+    after = [x for x in snaps if x.ts > resumed]
+    if caught and after:
+        first = after[0]
+        out.expect(first.late == 1, f"the cycle after the pause was not marked late: {first}")
+        out.expect(first.idle == 0, "the cycle after the pause judged idle")
+        verdicts = sql(
+            rig.db,
+            "SELECT worker_id, event FROM worker_events WHERE run_id = ? AND ts = ?"
+            " AND event IN ('stale', 'dead')",
+            (first.run_id, first.ts),
+        )
+        # The workers could not beat while the paused scheduler held the lock: no finding
+        # about them can come from the cycle that measured the pause.
+        out.expect(not verdicts, f"the cycle after the pause judged {verdicts}")
+    dead = sql(rig.db, "SELECT count(*) FROM worker_events WHERE event = 'dead'")[0][0]
+    out.expect(dead == 0, f"{dead} dead events for live workers")
+    out.figures["stale events"] = sql(
+        rig.db, "SELECT count(*) FROM worker_events WHERE event = 'stale'"
+    )[0][0]
+    # The first write after the hold counts the cycles it skipped; that cycle began during it.
+    held_from = rig.clock.samples[0] + t2
+    out.figures["writes skipped"] = max((x.writes_skipped for x in snaps if x.ts > held_from), default=0)
+    out.expect(out.figures["writes skipped"] > 0, "the scheduler did not count its skipped writes")
+    out.expect(not any(x.idle for x in snaps), "an idle verdict while tasks were pending")
+    return out
+
+
+# -- 6. fork safety -------------------------------------------------------------------------
+
+
+def fork_safety(tmp: Path, *, cycles: int = 200, beats: int = 5, parallel: int = 4) -> Outcome:
+    """Heartbeats built and used in the parent, then handed to children under fork, spawn and
+    forkserver. Each child's row must carry the child's pid and exactly its own writes (its
+    beats went through a connection it opened), and the parent's own heartbeat must lose
+    nothing (no child used or closed the parent's connection)."""
+    rig = Rig.make(tmp)
+    out = Outcome("6 fork safety")
+    methods = ("fork", "spawn", "forkserver")
+    multiprocessing.set_forkserver_preload(["sqlmon", "tests.reliability.targets"])
+    parent = Heartbeat(rig.db, "parent", "cpu", min_interval=0.0)
+    writes = 0
+    by_method = dict.fromkeys(methods, 0)
+    for start in range(0, cycles, parallel):
+        batch = []
+        for i in range(start, min(cycles, start + parallel)):
+            method = methods[i % 3]
+            hb = Heartbeat(rig.db, f"child-{i}", "cpu", min_interval=0.0)
+            hb.beat("parent-side")  # the parent opens a connection first: the dangerous case
+            p = multiprocessing.get_context(method).Process(
+                target=targets.use_inherited, args=(hb, beats, str(rig.truth.dir)), name=f"child-{i}"
+            )
+            p.start()
+            batch.append((hb, p, method))
+            parent.beat(f"p{i % 2}")
+            writes += 1
+        for hb, p, method in batch:
+            p.join(GUARD)
+            by_method[method] += 1
+            out.expect(p.exitcode == 0, f"{p.name} ({method}) exited with {p.exitcode}")
+            row = sql(rig.db, "SELECT pid, beats, exited_at FROM worker_status WHERE worker_id = ?",
+                      (hb.worker_id,))
+            expected = [(p.pid, beats + 1)]
+            out.expect(
+                [r[:2] for r in row] == expected and row[0][2] is not None,
+                f"{p.name} ({method}): row {row}, expected pid and writes {expected[0]}",
+            )
+            hb.beat("parent-again")  # the parent's connection still works after the child
+            out.expect(hb.missed == 0, f"{hb.worker_id}: the parent's beat was dropped")
+            hb.close()
+    parent.close()
+    writes += 1
+    out.expect(parent.missed == 0, f"the parent missed {parent.missed} beats")
+    got = sql(rig.db, "SELECT beats, pid FROM worker_status WHERE worker_id = 'parent'")
+    out.expect(got == [(writes, os.getpid())], f"parent row {got}, {writes} writes made")
+    out.tried = {"children": cycles, **{m: n for m, n in by_method.items()}}
+    out.figures["parent writes"] = writes
+    return rig.finish(out, [])
+
+
+# -- 7. start-up storm ----------------------------------------------------------------------
+
+
+def startup_storm(tmp: Path, *, storms: int = 3, workers: int = 32, inits: int = 4) -> Outcome:
+    """The database does not exist; `workers` workers, the scheduler and `inits` init_db calls
+    start at once. The schema is created once and only once (every init_db succeeds, one
+    version row), WAL is on, every worker registers and the scheduler sees each join.
+
+    Heartbeat() refuses a missing or uninitialised database (a misconfiguration raises when it
+    is built), so a worker that may start before init_db retries construction; so does the
+    scheduler's process."""
+    out = Outcome("7 start-up storm")
+    tries = []
+    for n in range(storms):
+        where = tmp / f"storm-{n}"
+        where.mkdir(parents=True)
+        db = str(where / "sqlmon.db")
+        truth = Truth(where / "truth")
+        go, stop, term = FORK.Event(), FORK.Event(), FORK.Event()
+        procs = [
+            FORK.Process(target=targets.storm_worker, args=(db, f"w{i}", str(truth.dir), go, stop))
+            for i in range(workers)
+        ]
+        procs += [FORK.Process(target=targets.storm_init, args=(db, str(truth.dir), go))
+                  for _ in range(inits)]
+        procs.append(
+            FORK.Process(
+                target=targets.storm_scheduler,
+                args=(db, str(truth.dir), go, term, {"interval": 0.05, "log_level": "ERROR"}),
+            )
+        )
+        for p in procs:
+            p.start()
+        go.set()
+
+        def joined(path: str = db) -> bool:
+            try:
+                got = sql(path, "SELECT count(DISTINCT worker_id) FROM worker_events WHERE event = 'joined'")
+            except sqlite3.Error:
+                return False
+            return got[0][0] == workers
+
+        ok = wait_for(joined, GUARD, every=0.05)
+        out.expect(ok, f"storm {n}: the scheduler did not see every worker join")
+        stop.set()
+        out.problems += stop_all(procs, term)
+        out.problems += [f"storm {n}: {e}" for e in worker_errors(truth)]
+        out.expect(all(p.exitcode == 0 for p in procs), f"storm {n}: exit codes {[p.exitcode for p in procs]}")
+        out.expect(len(truth.records("init")) == inits, f"storm {n}: not every init_db returned")
+        out.expect(sql(db, "SELECT count(*) FROM sqlmon_alembic_version")[0][0] == 1 if
+                   sql(db, "SELECT 1 FROM sqlite_master WHERE name = 'sqlmon_alembic_version'")
+                   else False, f"storm {n}: the version table is not one row")
+        out.expect(sql(db, "PRAGMA journal_mode") == [("wal",)], f"storm {n}: WAL is off")
+        with open(db, "rb") as f:
+            header = f.read(20)
+        out.expect(header[18:20] == b"\x02\x02", f"storm {n}: the file header is not WAL")
+        rows = sql(db, "SELECT count(*) FROM worker_status")[0][0]
+        out.expect(rows == workers, f"storm {n}: {rows} of {workers} workers registered")
+        out.problems += [f"storm {n}: {p}" for p in check_database(db)]
+        tries += [r["tries"] for r in truth.records("built")]
+    out.tried = {"storms": storms, "workers": workers, "init_db calls": inits}
+    out.figures["max construction tries"] = max(tries, default=0)
+    return out
+
+
+# -- 8. idle race, adversarial ----------------------------------------------------------------
+
+
+def idle_race(
+    tmp: Path,
+    *,
+    intervals: tuple[float, ...] = (0.002, 0.25),
+    chains: int = 6,
+    depth: int = 30,
+    workers: int = 2,
+    pause: float = 0.01,
+) -> Outcome:
+    """Workers pause between a claim's commit and their category write, and inside the
+    transaction that completes a task and enqueues its successor; the scheduler polls as fast
+    as it can, then slowly. No idle verdict may contradict the ground truth, wait_idle may
+    not return before the last task is done, and the naive check (pending = 0 and no busy
+    worker, in two statements) must be caught reporting false idles."""
+    out = Outcome("8 idle race, adversarial")
+    naive_total = naive_false = verdicts = 0
+    for n, interval in enumerate(intervals):
+        rig = Rig.make(tmp / f"interval-{n}")
+        stop, term = FORK.Event(), FORK.Event()
+        s = rig.scheduler(interval=interval, stale_after=max(1.0, 4 * interval), terminate=term)
+        s.start()
+        wait_for(lambda r=rig: len(snapshots(r.db)) >= 3, GUARD)
+        naive = FORK.Process(
+            target=targets.naive_idle_checker, args=(rig.db, rig.tasks_db, str(rig.truth.dir), stop)
+        )
+        naive.start()
+        since = time.time()
+        enqueue(rig.tasks_db, rig.driver, chains, depth=depth)
+        procs = [rig.worker(f"w{i}", stop, beat_every=0.01, claim_pause=pause, done_pause=pause)
+                 for i in range(workers)]
+        idle = wait_idle(rig.db, timeout=GUARD, since=since)
+        returned = time.monotonic()
+        out.expect(idle, f"interval {interval}: wait_idle timed out")
+        left = sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running')")
+        out.expect(left == [(0,)], f"interval {interval}: wait_idle returned with {left[0][0]} tasks left")
+        stop.set()
+        rig.finish(out, [*procs, naive, s], term)
+        activity = Activity.from_truth(rig.truth)
+        out.expect(activity.last_end <= returned, f"interval {interval}: wait_idle returned early")
+        out.problems += [f"interval {interval}: {p}" for p in false_idles(rig.db, activity, rig.clock, 2)]
+        eps = rig.clock.error
+        naive = rig.truth.records("naive")
+        wrong = sum(1 for r in naive if activity.covers(r["t"] - eps, r["t1"] + eps))
+        out.expect(wrong > 0, f"interval {interval}: the naive control saw no false idle")
+        naive_total += len(naive)
+        naive_false += wrong
+        verdicts += len(snapshots(rig.db))
+    out.tried = {"tasks": len(intervals) * chains * (depth + 1), "scheduler intervals": len(intervals)}
+    out.figures.update({"scheduler verdicts": verdicts, "naive idles": naive_total,
+                        "naive false idles": naive_false})
+    return out
+
+
+# -- 9. stale idle row -------------------------------------------------------------------------
+
+
+def stale_idle_row(tmp: Path, *, repeats: int = 3, interval: float = 0.1) -> Outcome:
+    """After an idle verdict the main process enqueues a task and the scheduler is killed
+    before its next cycle: is_idle and wait_idle never report idle (while the corpse is a
+    zombie, after it is reaped); a restarted scheduler writes not idle until the task is done."""
+    rig = Rig.make(tmp)
+    out = Outcome("9 stale idle row")
+    for r in range(repeats):
+        term = FORK.Event()
+        s = rig.scheduler(interval=interval, terminate=term)
+        s.start()
+        out.expect(wait_for(lambda: is_idle(rig.db), GUARD), f"repeat {r}: never idle")
+        kill(s.pid, signal.SIGSTOP)  # no further cycle can begin
+        enqueue(rig.tasks_db, rig.driver, 1)
+        kill(s.pid)
+        checks = [is_idle(rig.db), wait_idle(rig.db, timeout=3 * interval, since=0.0)]
+        s.join()  # reaped now
+        checks += [is_idle(rig.db), wait_idle(rig.db, timeout=3 * interval, since=0.0)]
+        out.expect(not any(checks), f"repeat {r}: idle reported after the kill: {checks}")
+        s2 = rig.scheduler(interval=interval, terminate=term)
+        term.clear()
+        s2.start()
+        run = wait_for(
+            lambda p=s2.pid: sql(rig.db, "SELECT count(*) FROM snapshots JOIN runs USING (run_id)"
+                                 " WHERE runs.pid = ?", (p,))[0][0] >= 4, GUARD)
+        out.expect(run, f"repeat {r}: the restarted scheduler wrote no cycles")
+        state = sql(rig.db, "SELECT idle, not_idle_reason FROM scheduler_state")[0]
+        out.expect(state[0] == 0 and "pending" in (state[1] or ""), f"repeat {r}: state {state}")
+        stop = FORK.Event()
+        since = time.time()
+        w = rig.worker(f"w{r}", stop)
+        out.expect(wait_idle(rig.db, timeout=GUARD, since=since), f"repeat {r}: never idle again")
+        stop.set()
+        out.problems += stop_all([w, s2], term)
+    rig.finish(out, [])
+    out.problems += false_idles(rig.db, Activity.from_truth(rig.truth), rig.clock, 2)
+    out.tried = {"kills after an idle verdict": repeats}
+    return out
+
+
+# -- 10. flapping load -------------------------------------------------------------------------
+
+
+def flapping(tmp: Path, *, seconds: float = 6.0, interval: float = 0.1, seed: int = 10) -> Outcome:
+    """A task arrives every 0.2-0.6 intervals for `seconds`: no idle verdict during the run;
+    idle within idle_confirm + 1 cycles of true quiescence."""
+    rng = random.Random(seed)
+    rig = Rig.make(tmp)
+    out = Outcome("10 flapping load")
+    stop, term = FORK.Event(), FORK.Event()
+    s = rig.scheduler(interval=interval, terminate=term)
+    s.start()
+    w = rig.worker("w0", stop, beat_every=0.01, work=0.1 * interval)
+    wait_for(lambda: len(snapshots(rig.db)) >= 3, GUARD)
+    end = time.monotonic() + seconds
+    arrivals = []
+    while time.monotonic() < end:
+        enqueue(rig.tasks_db, rig.driver, 1)
+        arrivals.append(time.monotonic())
+        time.sleep(rng.uniform(0.2, 0.6) * interval)
+    wait_for(lambda: sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running')")[0][0] == 0, GUARD)
+    quiet = time.monotonic()
+    wait_for(lambda: any(x.idle and x.ts > rig.wall(quiet) for x in snapshots(rig.db)), GUARD)
+    stop.set()
+    rig.finish(out, [w, s], term)
+    activity = Activity.from_truth(rig.truth)
+    out.problems += false_idles(rig.db, activity, rig.clock, 2)
+    snaps = snapshots(rig.db)
+    last = rig.clock.samples[0] + activity.last_end
+    during = [x for x in snaps if x.idle and x.ts < last]
+    gap = max((b - a for a, b in zip(arrivals, arrivals[1:], strict=False)), default=0.0)
+    out.figures["longest arrival gap / interval"] = round(gap / interval, 2)
+    if gap < interval:  # a longer gap could be a true quiescence, judged by false_idles alone
+        out.expect(not during, f"{len(during)} idle verdicts during the run")
+    after = [x for x in snaps if x.ts > last + rig.clock.error]
+    first_idle = next((i for i, x in enumerate(after) if x.idle), None)
+    cycles = None if first_idle is None else after[first_idle].cycle - after[0].cycle + 1
+    out.expect(cycles is not None and cycles <= 3, f"idle {cycles} cycles after quiescence (> 3)")
+    out.tried = {"tasks": len(arrivals), "seconds": seconds}
+    out.figures["cycles to idle"] = cycles or -1
+    out.figures["idle verdicts during run"] = len(during)
+    return out
+
+
+# -- 11. starved or paused workers ----------------------------------------------------------
+
+
+def paused_workers(
+    tmp: Path, *, pause: float = 1.5, interval: float = 0.1, stale_after: float = 0.5
+) -> Outcome:
+    """One worker stopped with SIGSTOP and one stuck in computation that holds the GIL, each
+    for `pause` s: stale no earlier than stale_after after its last beat and within two cycles
+    of that, recovered by the first cycle that reads after its first new beat, never dead."""
+    rig = Rig.make(tmp)
+    out = Outcome("11 starved or paused workers")
+    stop, term, stuck, never = FORK.Event(), FORK.Event(), FORK.Event(), FORK.Event()
+    s = rig.scheduler(interval=interval, stale_after=stale_after, warn_after=stale_after,
+                      terminate=term)
+    s.start()
+    procs = [
+        FORK.Process(target=targets.beating_worker,
+                     args=(rig.db, wid, str(rig.truth.dir), stop, 0.02, ev, pause), name=wid)
+        for wid, ev in (("stopped", never), ("gil", stuck))
+    ]
+    for p in procs:
+        p.start()
+    wait_for(lambda: len(snapshots(rig.db)) >= 5, GUARD)
+    t_stop = time.monotonic()
+    kill(procs[0].pid, signal.SIGSTOP)
+    stuck.set()
+    time.sleep(pause)
+    t_cont = time.monotonic()
+    kill(procs[0].pid, signal.SIGCONT)
+    wait_for(lambda: sql(rig.db, "SELECT count(*) FROM worker_events WHERE event = 'recovered'")[0][0] >= 2, GUARD)
+    time.sleep(3 * interval)
+    stop.set()
+    rig.finish(out, [*procs, s], term)
+    eps = rig.clock.error
+    wall = rig.clock.samples[0]
+    snaps = snapshots(rig.db)
+    beats = rig.truth.records("beat")
+    for p in procs:
+        mine = [b for b in beats if b["pid"] == p.pid]
+        if p.name == "stopped":
+            start, end = t_stop, t_cont
+        else:
+            start = next(r["t"] for r in rig.truth.records("stuck"))
+            end = next(r["t"] for r in rig.truth.records("unstuck"))
+        last = max(b["t"] for b in mine if b["t"] <= start)
+        first = min(b["t"] for b in mine if b["t"] >= end and b["ok"])
+        evs = events(rig.db, p.name)
+        stale = [e for e in evs if e["event"] == "stale"]
+        rec = [e for e in evs if e["event"] == "recovered"]
+        out.expect(not [e for e in evs if e["event"] == "dead"], f"{p.name}: reported dead")
+        if len(stale) != 1 or len(rec) != 1:
+            out.problems.append(f"{p.name}: {len(stale)} stale and {len(rec)} recovered events")
+            continue
+        ts = stale[0]["ts"] - wall
+        out.expect(ts >= last + stale_after - eps, f"{p.name}: stale {ts - last:.2f} s after its last beat")
+        due = wall + start + stale_after + eps
+        late = [x for x in snaps if due < x.ts < stale[0]["ts"]]
+        out.expect(len(late) <= 1, f"{p.name}: stale only {len(late) + 1} cycles after it was due")
+        reads = [x for x in snaps if x.ts > wall + first + eps]
+        out.expect(bool(reads) and rec[0]["ts"] <= reads[0].ts,
+                   f"{p.name}: not recovered by the first cycle after its beats resumed")
+        out.figures[f"{p.name}: stale after s"] = round(ts - last, 2)
+        out.figures[f"{p.name}: cycles to recovered"] = sum(
+            1 for x in snaps if wall + first < x.ts <= rec[0]["ts"])
+    out.tried = {"SIGSTOP s": pause, "GIL held s": pause}
+    return out
+
+
+# -- 12. pid reuse -----------------------------------------------------------------------------
+
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+
+def _take_pid(pid: int, tries: int = 200) -> Any:
+    """Start an unrelated process under `pid`, through the kernel's next-pid knob (root)."""
+    for _ in range(tries):
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(pid - 1))
+        p = FORK.Process(target=targets.sleeper, args=(60.0,), name="unrelated")
+        p.start()
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.join()
+    return None
+
+
+def pid_reuse(tmp: Path, *, repeats: int = 3, interval: float = 0.05) -> Outcome:
+    """A dead worker's pid taken over by an unrelated process before the scheduler looks
+    again: still reported dead (pid and start time), within two cycles."""
+    out = Outcome("12 pid reuse")
+    try:
+        with open(NS_LAST_PID, "w") as f:
+            f.write(open(NS_LAST_PID).read())
+    except OSError as exc:
+        out.skipped = f"cannot steer pid allocation ({NS_LAST_PID}: {exc.strerror})"
+        return out
+    rig = Rig.make(tmp)
+    s = rig.scheduler(interval=interval, stale_after=5.0, warn_after=5.0)
+    s.open()
+    reused = 0
+    for r in range(repeats):
+        stop, never = FORK.Event(), FORK.Event()
+        wid = f"w{r}"
+        w = FORK.Process(target=targets.beating_worker,
+                         args=(rig.db, wid, str(rig.truth.dir), stop, 0.02, never, 0.0), name=wid)
+        w.start()
+        wait_for(lambda q=w: sql(rig.db, "SELECT pid FROM worker_status WHERE worker_id = ?", (q.name,)) == [(q.pid,)], GUARD)
+        for _ in range(3):
+            time.sleep(interval)
+            s.step()
+        kill(w.pid)
+        w.join()
+        other = _take_pid(w.pid)
+        if other is None:
+            out.problems.append(f"repeat {r}: could not start a process under pid {w.pid}")
+            continue
+        reused += 1
+        cycles = 0
+        for c in range(1, 4):
+            time.sleep(interval)
+            s.step()
+            if sql(rig.db, "SELECT 1 FROM worker_events WHERE worker_id = ? AND event = 'dead'", (wid,)):
+                cycles = c
+                break
+        out.expect(0 < cycles <= 2, f"repeat {r}: pid {w.pid} reused, dead after {cycles or 'no'} cycles")
+        out.figures["cycles to dead (worst)"] = max(out.figures.get("cycles to dead (worst)", 0), cycles)
+        other.kill()
+        other.join()
+    s.close("terminate")
+    out.tried = {"pids reused": reused}
+    return rig.finish(out, [])
+
+
+# -- the registry scripts/soak.py reads ----------------------------------------------------------
+
+# (scenario, CI counts, soak counts). The soak scales the kill storm by its time budget.
+SCENARIOS: list[tuple[Any, dict[str, Any], dict[str, Any]]] = [
+    (kill_storm, {"kills": 50}, {"kills": 2000}),
+    (worker_kills, {"kills": 20}, {"kills": 300}),
+    (lock_holders, {"pause": 2.0, "hold": 2.0}, {"pause": 10.0, "hold": 30.0}),
+    (fork_safety, {"cycles": 200}, {"cycles": 1500}),
+    (startup_storm, {"storms": 3}, {"storms": 30}),
+    (idle_race, {}, {"intervals": (0.001, 1.0), "chains": 8, "depth": 200}),
+    (stale_idle_row, {"repeats": 3}, {"repeats": 30}),
+    (flapping, {"seconds": 6.0, "interval": 0.1}, {"seconds": 300.0, "interval": 1.0}),
+    (paused_workers, {}, {"pause": 10.0, "interval": 1.0, "stale_after": 3.0}),
+    (pid_reuse, {"repeats": 3}, {"repeats": 50}),
+]
+
