@@ -1,0 +1,60 @@
+"""Section 5: what a worker pays to start: import sqlmon and build a Heartbeat, against import
+sqlalchemy alone, each in a fresh interpreter, alternated so that both see the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from .sizes import Sizes
+from .stats import median
+
+_PROBE = """
+def _peak_rss_mb():
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and reports the parent's peak.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:"))
+    except OSError:
+        return None
+import json, sys, time
+t0 = time.perf_counter()
+import {module}
+t1 = time.perf_counter()
+extra = None
+if {build}:
+    hb = sqlmon.Heartbeat({db!r}, "startup", "cpu")
+    hb.beat("OCR")
+    extra = time.perf_counter() - t0
+    hb.close()
+print(json.dumps({{"import_s": t1 - t0, "with_heartbeat_s": extra,
+    "rss_mb": _peak_rss_mb(),
+    "typer": "typer" in sys.modules, "tabulate": "tabulate" in sys.modules}}))
+"""
+
+
+def _probe(module: str, db: str, build: bool) -> dict[str, Any]:
+    code = _PROBE.format(module=module, db=db, build=build)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(db: str, sizes: Sizes) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"sqlalchemy": [], "sqlmon": []}
+    for _ in range(sizes.startup_runs):
+        runs["sqlalchemy"].append(_probe("sqlalchemy", db, False))
+        runs["sqlmon"].append(_probe("sqlmon", db, True))
+    sa_runs, sm_runs = runs["sqlalchemy"], runs["sqlmon"]
+    return {
+        "runs": sizes.startup_runs,
+        "sqlalchemy_import_ms": median([r["import_s"] for r in sa_runs]) * 1e3,
+        "sqlalchemy_rss_mb": median([r["rss_mb"] for r in sa_runs]),
+        "sqlmon_import_ms": median([r["import_s"] for r in sm_runs]) * 1e3,
+        "sqlmon_import_and_heartbeat_ms": median([r["with_heartbeat_s"] for r in sm_runs]) * 1e3,
+        "sqlmon_rss_mb": median([r["rss_mb"] for r in sm_runs]),
+        "typer_loaded": any(r["typer"] for r in sm_runs),
+        "tabulate_loaded": any(r["tabulate"] for r in sm_runs),
+    }

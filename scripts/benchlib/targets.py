@@ -1,0 +1,224 @@
+"""The issue's targets, judged on one run's figures, and the table the script prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .stats import ratio
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    value: Any = results
+    for key in path:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return value
+
+
+def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per target: name, figure (text), met (True, False, or None: not measured)."""
+    sqlmon = _get(r, "heartbeat_write", "sqlmon", "median_us")
+    raw = _get(r, "heartbeat_write", "sqlite3_raw", "median_us")
+    manager = _get(r, "heartbeat_write", "manager_dict", "median_us")
+    redis = _get(r, "heartbeat_write", "redis", "median_us")
+    cyc = r.get("scheduler_cycle", {})
+    small, large = _get(cyc, "small", "median_ms"), _get(cyc, "large", "median_ms")
+    cpu = [
+        c
+        for c in (_get(cyc, "small", "cpu_share"), _get(cyc, "large", "cpu_share"))
+        if c is not None
+    ]
+    st = r.get("startup", {})
+    pr = r.get("post_run", {})
+    tl = r.get("tails", {})
+    out = []
+
+    def target(name: str, value: float | None, ok: bool | None, figure: str) -> None:
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "met": None if value is None else ok,
+                "figure": figure if value is not None else "not measured",
+            }
+        )
+
+    x = ratio(sqlmon, raw)
+    target(
+        "heartbeat write <= 1.15x raw sqlite3",
+        x,
+        x is not None and x <= 1.15,
+        f"{x:.2f}x ({sqlmon:.1f} vs {raw:.1f} us)" if x else "",
+    )
+    x = ratio(manager, sqlmon)
+    target(
+        "heartbeat write >= 3x faster than Manager dict",
+        x,
+        x is not None and x >= 3,
+        f"{x:.2f}x ({manager:.1f} vs {sqlmon:.1f} us)" if x else "",
+    )
+    x = ratio(redis, sqlmon)
+    target(
+        "heartbeat write >= 7x faster than Redis (RQ-style)",
+        x,
+        x is not None and x >= 7,
+        f"{x:.2f}x ({redis:.1f} vs {sqlmon:.1f} us)" if x else "",
+    )
+    x = _get(r, "coalesced_beat", "median_us")
+    target("coalesced beat <= 0.5 us", x, x is not None and x <= 0.5, f"{x:.3f} us" if x else "")
+    x = tl.get("p999_us")
+    target(
+        f"tails p99.9 <= 1 ms at {tl.get('workers')} workers",
+        x,
+        x is not None and x <= 1000,
+        f"{x:.0f} us (p99 {tl.get('p99_us', 0):.0f} us, max {tl.get('max_us', 0):.0f} us)"
+        if x is not None
+        else "",
+    )
+    x = tl.get("exceptions")
+    target(
+        "tails: zero exceptions in workers", x, x == 0, f"{x} (missed beats: {tl.get('missed')})"
+    )
+    x = tl.get("wal_peak_alive_mb")
+    target(
+        "WAL <= 16 MB, scheduler alive",
+        x,
+        x is not None and x <= 16,
+        f"{x:.1f} MB" if x is not None else "",
+    )
+    x = tl.get("wal_peak_dead_mb")
+    target(
+        "WAL <= 64 MB, scheduler dead",
+        x,
+        x is not None and x <= 64,
+        f"{x:.1f} MB" if x is not None else "",
+    )
+    x = ratio(large, small)
+    target(
+        "cycle at 1M tasks <= 1.3x cycle at 10k",
+        x,
+        x is not None and x <= 1.3,
+        f"{x:.2f}x ({large:.2f} vs {small:.2f} ms)" if x else "",
+    )
+    target(
+        "cycle median <= 5 ms (1M tasks)",
+        large,
+        large is not None and large <= 5,
+        f"{large:.2f} ms" if large else "",
+    )
+    x = max(cpu) if cpu else None
+    target(
+        "scheduler CPU <= 1% of a core at 1 Hz",
+        x,
+        x is not None and x <= 0.01,
+        f"{x:.2%} (RSS {_get(cyc, 'large', 'rss_mb') or 0:.0f} MB)" if x is not None else "",
+    )
+    sm_ms, sa_ms = st.get("sqlmon_import_ms"), st.get("sqlalchemy_import_ms")
+    x = ratio(sm_ms, sa_ms)
+    target(
+        "import sqlmon <= 1.1x import sqlalchemy",
+        x,
+        x is not None and x <= 1.1,
+        f"{x:.2f}x ({sm_ms:.0f} vs {sa_ms:.0f} ms)" if x else "",
+    )
+    loaded = st.get("typer_loaded"), st.get("tabulate_loaded")
+    x = None if None in loaded else float(any(loaded))
+    target(
+        "import sqlmon loads neither typer nor tabulate",
+        x,
+        x == 0.0,
+        f"typer {'loaded' if loaded[0] else 'not loaded'}, tabulate "
+        f"{'loaded' if loaded[1] else 'not loaded'}",
+    )
+    hours = pr.get("hours")
+    x = pr.get("report_s")
+    target(
+        f"sqlmon report <= 2 s ({hours} h run)",
+        x,
+        x is not None and x <= 2,
+        f"{x:.2f} s" if x is not None else "",
+    )
+    x = pr.get("status_s")
+    target(
+        f"sqlmon status <= 0.5 s ({hours} h run)",
+        x,
+        x is not None and x <= 0.5,
+        f"{x:.2f} s" if x is not None else "",
+    )
+    x = pr.get("history_mb_per_hour")
+    target(
+        "history <= 5 MB per hour",
+        x,
+        x is not None and x <= 5,
+        f"{x:.2f} MB/h" if x is not None else "",
+    )
+    return out
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [
+        f"sqlmon benchmark ({r['sizes']}), {r['machine']['cores']} cores, Python "
+        f"{r['machine']['python']}, SQLite {r['machine']['sqlite']}, SQLAlchemy "
+        f"{r['machine']['sqlalchemy']}, {r['machine']['filesystem']}; {r['total_s']:.0f} s",
+        "",
+    ]
+    hw = r["heartbeat_write"]
+    lines.append("heartbeat write (category changes)   median us   p99 us")
+    for name in ("sqlmon", "sqlite3_raw", "manager_dict", "redis"):
+        v = hw.get(name)
+        lines.append(
+            f"  {name:<35}"
+            + (
+                f"{v['median_us']:>9.1f} {v['p99_us']:>8.1f}"
+                if v
+                else "   not measured (no redis-server on PATH)"
+            )
+        )
+    lines.append(f"coalesced beat: {r['coalesced_beat']['median_us']:.3f} us")
+    t = r["tails"]
+    lines.append(
+        f"tails, {t['workers']} workers, {t['beats_per_s']:.0f} beats/s: p50 {t['p50_us']:.0f} us,"
+        f" p99 {t['p99_us']:.0f} us, p99.9 {t['p999_us']:.0f} us, max {t['max_us']:.0f} us;"
+        f" missed {t['missed']}, exceptions {t['exceptions']}; WAL peak"
+        f" {t['wal_peak_alive_mb']:.1f} MB alive, {t['wal_peak_dead_mb']:.1f} MB dead"
+    )
+    c = r["scheduler_cycle"]
+    for label in ("small", "large"):
+        v = c[label]
+        lines.append(
+            f"scheduler cycle, {v['rows']:>9,} tasks ({c['pending']:,} pending), {c['workers']} "
+            f"workers: median {v['median_ms']:.2f} ms, p95 {v['p95_ms']:.2f} ms, CPU at 1 Hz "
+            + (
+                f"{v['cpu_share']:.2%}, RSS {v['rss_mb']:.0f} MB"
+                if v["cpu_share"] is not None
+                else "not measured"
+            )
+        )
+    s = r["startup"]
+    lines.append(
+        f"start-up: import sqlalchemy {s['sqlalchemy_import_ms']:.0f} ms"
+        f" ({s['sqlalchemy_rss_mb']:.0f} MB); import sqlmon {s['sqlmon_import_ms']:.0f} ms,"
+        f" + Heartbeat {s['sqlmon_import_and_heartbeat_ms']:.0f} ms ({s['sqlmon_rss_mb']:.0f} MB)"
+    )
+    p = r["post_run"]
+    lines.append(
+        f"post-run, {p['hours']} h ({p['snapshots']:,} snapshots, {p['events']:,} events): report "
+        + (
+            f"{p['report_s']:.2f} s"
+            if p["report_s"] is not None
+            else f"failed: {p['report_error']}"
+        )
+        + ", status "
+        + (
+            f"{p['status_s']:.2f} s"
+            if p["status_s"] is not None
+            else f"failed: {p['status_error']}"
+        )
+        + f"; history {p['history_mb_per_hour']:.2f} MB/hour"
+    )
+    lines += ["", "targets:"]
+    for t in r["targets"]:
+        mark = {True: "met    ", False: "MISSED ", None: "n/a    "}[t["met"]]
+        lines.append(f"  {mark} {t['target']}: {t['figure']}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""The benchmark still runs: scripts/bench.py at tiny sizes writes every section's figures.
+
+Nothing here is about time (timings belong to the benchmark, never to tests): it only shows
+that the script completes and that its JSON holds every section and every target.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("heartbeat_write", "coalesced_beat", "tails", "scheduler_cycle", "startup", "post_run")
+
+
+@pytest.mark.slow
+def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench.py"),
+            "--quick",
+            "--tiny",
+            "--json",
+            str(out),
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    for section in SECTIONS:
+        assert section in results, section
+    for variant in ("sqlmon", "sqlite3_raw", "manager_dict"):
+        assert results["heartbeat_write"][variant]["samples"] > 0
+    assert results["tails"]["beats"] > 0
+    assert results["tails"]["exceptions"] == 0
+    assert results["scheduler_cycle"]["small"]["cycles"] > 0
+    assert results["scheduler_cycle"]["large"]["cycles"] > 0
+    assert results["post_run"]["report_error"] is None
+    assert results["post_run"]["status_error"] is None
+    assert len(results["targets"]) == 16
+    assert "targets:" in proc.stdout
+    assert not list(tmp_path.glob("sqlmon-bench-*")), "the script leaves no databases behind"
