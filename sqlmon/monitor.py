@@ -112,6 +112,7 @@ class _Tracked:
     warned: bool = False
     dead: bool = False
     exited: bool = False
+    doubtful: bool = False  # first seen with a beat too old to believe without a second look
 
 
 class Monitor:
@@ -212,10 +213,14 @@ class Monitor:
                     detail += f", new incarnation (was pid {old_pid})"
                 elif previous is not None:
                     detail += ", already running when the scheduler started"
-                # Just after start, the age of last_heartbeat stands in for the beat history.
+                # Just after start, the age of last_heartbeat stands in for the beat history,
+                # believed at once up to warn_after. An older beat from a live process is as
+                # likely a wall-clock jump on either side: judged stale only if the beats also
+                # stand still until the next cycle.
                 age = max(0.0, now - row.last_heartbeat)
                 first = row.category if (row.category_since or 0) <= row.started_at else None
                 t = _Tracked(incarnation, first, row.beats, mono - age)
+                t.doubtful = age > self.warn_after
                 emit(row.started_at, "joined", first, detail)
             self._tracked[row.worker_id] = t
         if t.exited:
@@ -245,7 +250,12 @@ class Monitor:
                 emit(now, "dead", row.category, f"pid {row.pid} is gone")
             # Nor stale: a paused scheduler may have held the write lock all along, so that
             # the beats it missed were never written; the next cycle judges afresh.
-            elif not late and not t.stale and mono - t.beats_mono >= self.stale_after:
+            elif (
+                not late
+                and not t.stale
+                and not t.doubtful
+                and mono - t.beats_mono >= self.stale_after
+            ):
                 t.stale = True
                 emit(now, "stale", row.category, f"no beat for {mono - t.beats_mono:.0f} s")
             if t.stale and not t.warned and mono - t.beats_mono >= self.warn_after:
@@ -257,6 +267,7 @@ class Monitor:
                     mono - t.beats_mono,
                     f" in {row.category}" if row.category else "",
                 )
+        t.doubtful = False
         state = "dead" if t.dead else "stale" if t.stale else "busy" if row.category else "idle"
         return self._view(row, state, now, mono, t)
 
