@@ -10,6 +10,7 @@ records itself (env_targets.py) and what the driver sees in the file with plain 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from sqlmon import init_db, is_idle
 from .harness import Outcome, check_database, sql
 
 REPO = Path(__file__).resolve().parents[2]
+SQLMON = str(Path(sys.executable).parent / "sqlmon")  # the console script of this environment
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -386,8 +388,9 @@ def io_errors(
             scaled={},
         )
         for i in range(workers):
-            run.start("worker", f"w{i}", wrap=wrap, db=db, worker_id=f"w{i}", every=every,
-                      category=None)
+            run.start(
+                "worker", f"w{i}", wrap=wrap, db=db, worker_id=f"w{i}", every=every, category=None
+            )
         pids = [p.popen.pid for p in run.procs]
         enable = [f"enable_random name={p},probability={probability}" for p in FIU_POINTS]
         try:
@@ -406,7 +409,9 @@ def io_errors(
         o.figures = {
             "beats": sum(r.get("beats", 0) for r in results),
             "missed": sum(r.get("missed", 0) for r in results),
-            "writes_skipped": sql(db, "SELECT coalesce(sum(writes_skipped), 0) FROM snapshots")[0][0],
+            "writes_skipped": sql(db, "SELECT coalesce(sum(writes_skipped), 0) FROM snapshots")[0][
+                0
+            ],
             "cycles": sql(db, "SELECT count(*) FROM snapshots")[0][0],
         }
         # The scheduler tells the errors it met, by stage and kind, when its run ends.
@@ -419,3 +424,142 @@ def io_errors(
         o.problems.extend(beats_accounted(db, results))
         o.problems.extend(check_database(db))
     return o
+
+
+# -- 13: wall-clock jumps -----------------------------------------------------------------------
+
+CLI_COMMANDS = ("status", "runs", "history", "events", "timeline", "report", "check", "idle")
+
+
+def _libfaketime() -> str | None:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    return found[0] if found else None
+
+
+def _clock(lib: str, rc: Path) -> dict[str, str]:
+    # libfaketime itself (the faketime wrapper's FAKETIME would take priority over the file):
+    # the file can be rewritten mid-run, and the monotonic clock is left alone.
+    return {
+        "LD_PRELOAD": lib,
+        "FAKETIME_TIMESTAMP_FILE": str(rc),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
+def clock_jumps(
+    workers: int = 3, phase_seconds: float = 1.5, interval: float = 0.25, every: float = 0.05
+) -> Outcome:
+    """±1 hour wall-clock jumps on the scheduler's side (from its start: every worker's last
+    beat looks an hour old), on the workers' side, and mid-run: no stale, recovered or dead
+    event, cycles and events stay in order, the CLI shows the odd times rather than failing."""
+    o = Outcome("13 wall-clock jumps")
+    lib = _libfaketime()
+    if lib is None or not shutil.which("faketime"):
+        o.skipped = "libfaketime not installed (Debian package faketime)"
+        return o
+    with workdir("clock") as work:
+        db = str(work / "x.db")
+        init_db(db)
+        sched_rc, workers_rc = work / "scheduler.rc", work / "workers.rc"
+        workers_rc.write_text("+0\n")
+        sched_rc.write_text("+1h\n")
+        run = Run(work)
+        for i in range(workers):
+            run.start(
+                "worker",
+                f"w{i}",
+                env=_clock(lib, workers_rc),
+                db=db,
+                worker_id=f"w{i}",
+                every=every,
+                category="OCR",
+                switch_every=7,
+            )
+        stale_after = 4 * interval
+        try:
+            if not wait_for(
+                lambda: sql(db, "SELECT count(*) FROM worker_status")[0][0] >= workers, 30
+            ):
+                o.problems.append("the workers did not start")
+                return o
+            run.start(
+                "scheduler",
+                "scheduler",
+                env=_clock(lib, sched_rc),
+                db=db,
+                settings=scheduler_settings(interval, stale_after),
+                scaled={},
+            )
+            if not started(db, workers):
+                o.problems.append("the scheduler did not start")
+                return o
+            jumps = [
+                (sched_rc, "+1h"),
+                (sched_rc, "-1h"),
+                (workers_rc, "+1h"),
+                (workers_rc, "-1h"),
+                (sched_rc, "+0"),
+                (workers_rc, "+0"),
+            ]
+            time.sleep(phase_seconds)
+            for rc, offset in jumps:
+                rc.write_text(offset + "\n")
+                time.sleep(phase_seconds)
+        finally:
+            o.problems.extend(run.stop())
+        o.tried = {"jumps": 7, "workers": workers, "seconds": phase_seconds * 7}
+        bad = events_of(db, ("stale", "recovered", "dead"))
+        o.expect(not bad, f"events caused by the jumps: {bad[:5]}")
+        cycles = [c for (c,) in sql(db, "SELECT cycle FROM snapshots ORDER BY id")]
+        o.expect(cycles == sorted(set(cycles)), "snapshot cycles out of order")
+        ts = [t for (t,) in sql(db, "SELECT ts FROM snapshots ORDER BY id")]
+        backward = sum(1 for a, b in zip(ts, ts[1:], strict=False) if b < a)
+        o.figures = {
+            "cycles": len(cycles),
+            "events": sql(db, "SELECT count(*) FROM worker_events")[0][0],
+            "snapshot_ts_steps_back": backward,
+        }
+        # Each cycle's events lie inside its window, in order, whatever the workers' clocks said.
+        disorder = sql(
+            db,
+            "SELECT count(*) FROM worker_events a JOIN worker_events b ON b.id > a.id"
+            " AND b.worker_id = a.worker_id AND b.run_id = a.run_id"
+            " WHERE b.ts < a.ts AND abs(b.ts - a.ts) < 1800",
+        )[0][0]
+        o.expect(disorder == 0, f"{disorder} pairs of events out of order within a clock phase")
+        o.problems.extend(check_database(db))
+        o.problems.extend(_cli_shows(db, work, lib))
+    return o
+
+
+def _cli_shows(db: str, work: Path, lib: str) -> list[str]:
+    """The odd times recorded by jumped clocks are shown, not fatal: every listing in process
+    (fast), and the commands that compare with their own clock under a jumped one."""
+    from typer.testing import CliRunner
+
+    from sqlmon.cli import app
+
+    problems = []
+    for command in ("runs", "history", "events", "timeline", "report", "status"):
+        got = CliRunner().invoke(app, [command, db], env={"COLUMNS": "100"})
+        if (
+            got.exit_code not in (0, 1)
+            or got.exception
+            and not isinstance(got.exception, SystemExit)
+        ):
+            problems.append(f"sqlmon {command}: exit {got.exit_code}: {got.exception!r}")
+    for offset, command in (("+1h", "status"), ("-1h", "status"), ("-1h", "check")):
+        rc = work / f"cli{offset}.rc"
+        rc.write_text(offset + "\n")
+        got = subprocess.run(
+            [SQLMON, command, db],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **_clock(lib, rc), "COLUMNS": "100"},
+        )
+        if got.returncode not in (0, 1) or "Traceback" in got.stderr:
+            last = (got.stderr.strip().splitlines() or [""])[-1]
+            problems.append(f"sqlmon {command} at {offset}: exit {got.returncode}: {last}")
+    return problems

@@ -40,22 +40,39 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def worker(
-    db: str, worker_id: str, stop_file: str, out: str, every: float = 0.05, category: str = "OCR"
+    db: str,
+    worker_id: str,
+    stop_file: str,
+    out: str,
+    every: float = 0.05,
+    category: str | None = "OCR",
+    switch_every: int = 0,
+    scaled: dict[str, Any] | None = None,
 ) -> None:
-    """Beat every `every` s until the stop file appears; record beats, misses and latencies."""
+    """Beat every `every` s until the stop file appears; record beats, misses and latencies
+    (with their monotonic times). With `switch_every`, hold `category` and None by turns."""
+    from sqlmon import config
+
+    for name, value in (scaled or {}).items():
+        setattr(config, name, value)
     from sqlmon import Heartbeat
 
     result: dict[str, Any] = {"worker": worker_id, "pid": os.getpid(), "raised": None}
     latencies: list[float] = []
+    timed: list[tuple[float, float]] = []
     hb = None
     try:
         hb = Heartbeat(db, worker_id, "cpu", min_interval=0.0)
         beats = 0
         wall_first = time.time()
         while not _stopped(stop_file):
+            holding = category
+            if switch_every and (beats // switch_every) % 2:
+                holding = None
             t0 = time.perf_counter()
-            hb.beat(category)
+            hb.beat(holding)
             latencies.append(time.perf_counter() - t0)
+            timed.append((time.monotonic(), latencies[-1]))
             beats += 1
             _pause(every)
         hb.close()
@@ -68,6 +85,7 @@ def worker(
         p50=_percentile(latencies, 0.5),
         p99=_percentile(latencies, 0.99),
         max=max(latencies, default=0.0),
+        timed=timed,
     )
     _write(out, result)
 

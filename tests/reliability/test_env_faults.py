@@ -326,3 +326,7 @@ def test_14_disk_full() -> None:
 
 def test_15_io_errors() -> None:
     held(env_scenarios.io_errors(workers=4, seconds=5.0, probability=0.05, interval=0.5))
+
+
+def test_13_wall_clock_jumps() -> None:
+    held(env_scenarios.clock_jumps(workers=3, phase_seconds=1.0, interval=0.25))
