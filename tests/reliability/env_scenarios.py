@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -563,3 +564,140 @@ def _cli_shows(db: str, work: Path, lib: str) -> list[str]:
             last = (got.stderr.strip().splitlines() or [""])[-1]
             problems.append(f"sqlmon {command} at {offset}: exit {got.returncode}: {last}")
     return problems
+
+
+# -- 4: long readers ----------------------------------------------------------------------------
+
+
+def _p99(timed: list[list[float]], inside: tuple[float, float], want_inside: bool) -> float:
+    values = sorted(s for t, s in timed if (inside[0] <= t <= inside[1]) == want_inside)
+    return values[min(len(values) - 1, int(0.99 * len(values)))] if values else 0.0
+
+
+def _wal_bytes(db: str) -> int:
+    try:
+        return os.path.getsize(db + "-wal")
+    except OSError:
+        return 0
+
+
+def long_reader(
+    workers: int = 8,
+    hold: float = 4.0,
+    baseline: float = 2.0,
+    interval: float = 0.5,
+    every: float = 0.05,
+    wal_warn_bytes: int = 1_000_000,
+    journal_limit: int = 256 * 1024,
+) -> Outcome:
+    """Another program holds one read transaction for `hold` s while workers beat: no beat is
+    missed (p99 before and during are the figures), the scheduler warns once when the WAL
+    passes its threshold, and the WAL shrinks back within two cycles of the reader's end.
+    Then `sqlmon watch` runs with the scheduler: neither keeps a read open (a TRUNCATE
+    checkpoint, which waits for every reader, gets through)."""
+    o = Outcome("4 long readers")
+    scaled = {"WAL_WARN_BYTES": wal_warn_bytes, "JOURNAL_SIZE_LIMIT_BYTES": journal_limit}
+    with workdir("reader") as work:
+        db = str(work / "x.db")
+        init_db(db)
+        (work / "s").mkdir()
+        (work / "w").mkdir()
+        pipeline, monitor = Run(work / "w"), Run(work / "s")
+        sched = monitor.start(
+            "scheduler",
+            "scheduler",
+            db=db,
+            settings=scheduler_settings(interval, 10.0),
+            scaled=scaled,
+        )
+        for i in range(workers):
+            pipeline.start(
+                "worker",
+                f"w{i}",
+                db=db,
+                worker_id=f"w{i}",
+                every=every,
+                category="OCR",
+                scaled=scaled,
+            )
+        peak, shrink_cycles, shrink_intervals, watch_ok = 0, None, None, False
+        try:
+            if not started(db, workers):
+                o.problems.append("the pipeline did not start")
+                return o
+            time.sleep(baseline)
+            reader = pipeline.start("reader", "reader", db=db, hold=hold)
+            wait_for(lambda: os.path.exists(reader.out + ".ready"), 30)
+            t_start = time.monotonic()
+            while not os.path.exists(reader.out):
+                peak = max(peak, _wal_bytes(db))
+                time.sleep(0.05)
+            t_end, cycle_end = time.monotonic(), cycle_now(db)
+            if wait_for(lambda: _wal_bytes(db) <= wal_warn_bytes, 30, every=0.01):
+                shrink_cycles = cycle_now(db) - cycle_end
+                shrink_intervals = round((time.monotonic() - t_end) / interval, 2)
+            time.sleep(interval)
+        finally:
+            o.problems.extend(pipeline.stop())
+        try:
+            watch_ok = _watch_ends_its_reads(o, db, interval)
+        finally:
+            o.problems.extend(monitor.stop())
+        results = [p.result() for p in pipeline.procs if p.name.startswith("w")]
+        # Each worker's first beats open its connection: start-up, not the steady state.
+        timed = [pair for r in results for pair in r.get("timed", [])[5:]]
+        warnings = count_lines(sched.log_text(), "the WAL has grown")
+        o.tried = {"workers": workers, "reader_seconds": hold}
+        o.figures = {
+            "wal_peak_mb": round(peak / 1e6, 2),
+            "p99_ms_before": round(1000 * _p99(timed, (t_start, t_end), False), 2),
+            "p99_ms_during": round(1000 * _p99(timed, (t_start, t_end), True), 2),
+            "missed": sum(r.get("missed", 0) for r in results),
+            "wal_warnings": warnings,
+            "cycles_to_shrink": shrink_cycles if shrink_cycles is not None else -1,
+            "intervals_to_shrink": shrink_intervals if shrink_intervals is not None else -1,
+        }
+        o.expect(peak > wal_warn_bytes, f"the WAL never passed {wal_warn_bytes} bytes: no test")
+        o.expect(o.figures["missed"] == 0, f"{o.figures['missed']} beats missed behind a reader")
+        o.expect(warnings == 1, f"{warnings} WAL warnings for one long reader")
+        o.expect(
+            shrink_intervals is not None and shrink_intervals <= 2,
+            f"the WAL shrank back after {shrink_intervals} intervals, not within two cycles",
+        )
+        o.expect(watch_ok, "sqlmon watch or the scheduler kept a read transaction open")
+        o.problems.extend(beats_accounted(db, results))
+        o.problems.extend(check_database(db))
+    return o
+
+
+def _watch_ends_its_reads(o: Outcome, db: str, interval: float) -> bool:
+    watch = subprocess.Popen(
+        [SQLMON, "watch", db, "--interval", str(interval)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    ok = True
+    try:
+        time.sleep(3 * interval + 2.0)  # its start-up, then a few redraws
+        o.expect(watch.poll() is None, f"sqlmon watch exited early ({watch.returncode})")
+        conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            for _ in range(3):
+                busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                ok = ok and busy == 0
+                time.sleep(interval)
+        finally:
+            conn.close()
+    finally:
+        watch.send_signal(signal.SIGINT)
+        try:
+            _, err = watch.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            _, err = watch.communicate()
+            o.problems.append("sqlmon watch did not stop on Ctrl-C")
+        if b"Traceback" in err:
+            o.problems.append("sqlmon watch printed a traceback on Ctrl-C")
+    return ok

@@ -330,3 +330,7 @@ def test_15_io_errors() -> None:
 
 def test_13_wall_clock_jumps() -> None:
     held(env_scenarios.clock_jumps(workers=3, phase_seconds=1.0, interval=0.25))
+
+
+def test_4_long_readers() -> None:
+    held(env_scenarios.long_reader(workers=6, hold=3.0, baseline=1.5, interval=0.5))
