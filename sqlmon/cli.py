@@ -444,14 +444,21 @@ def prune(
         verb = "would prune" if dry_run else "nothing to prune:"
         typer.echo(f"{verb} {len(targets)} run(s) {_ids(targets)}older than {older_than}")
         return
-    engine = dbmod.engine(db, "scheduler")
+    try:
+        # The worker role: a plain read-write connection, without the start-up checks and
+        # warnings that belong to whoever starts the monitor.
+        engine = dbmod.engine(db, "worker")
+    except SqlmonError as exc:
+        fail(str(exc))
     try:
         with engine.connect() as conn:
             # Each batch waits its turn for the write lock like a person's tool would.
             dbmod.set_busy_timeout(conn, config.INIT_BUSY_TIMEOUT)
             done = prune_runs(conn, before)
+    except SqlmonError as exc:
+        fail(f"prune: {exc}")
     except sa.exc.DatabaseError as exc:
-        fail(f"prune stopped: {describe(exc)} (what was deleted stays deleted; run it again)")
+        fail(f"prune: {describe(exc)} (batches already done stay done; run it again to finish)")
     finally:
         engine.dispose()
     typer.echo(
