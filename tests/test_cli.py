@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from sqlmon import Heartbeat, Scheduler, init_db
 from sqlmon.cli import app
-from tests.test_inspect_history import WEIRD, History, build_history
+from tests.test_inspect_history import WEIRD, History, history_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -39,7 +39,7 @@ INSPECTIONS = [
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    return build_history(str(tmp_path_factory.mktemp("cli") / "history.db"))
+    return history_copy(tmp_path_factory, "cli")
 
 
 def invoke(*args: str):
@@ -333,8 +333,6 @@ def test_real_subprocess(history: History, tmp_path: Path):
     assert timeline.returncode == 0
     assert all(len(line) <= 100 for line in timeline.stdout.splitlines()[1:-1])
     assert "\x1b[" not in timeline.stdout  # not a terminal: no colour
-    check = _cli("check", history.path)
-    assert check.returncode == 1 and len(check.stdout.splitlines()) == 1
     missing = _cli("status", "missing.db", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr == f"sqlmon: {tmp_path}/missing.db: no such database " \

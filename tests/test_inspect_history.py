@@ -9,6 +9,7 @@ the hundredth of a second.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,10 +86,22 @@ def build_history(path: str) -> History:
     return History(path, t0)
 
 
+_BUILT: list[History] = []
+
+
+def history_copy(factory: pytest.TempPathFactory, name: str) -> History:
+    """A fresh copy of the history, built once per session: each test module gets its own."""
+    if not _BUILT:
+        _BUILT.append(build_history(str(factory.mktemp("history-master") / "history.db")))
+    master = _BUILT[0]
+    path = factory.mktemp(name) / "history.db"
+    shutil.copy(master.path, path)
+    return History(str(path), master.t0)
+
+
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    folder = tmp_path_factory.mktemp("history")
-    return build_history(str(folder / "history.db"))
+    return history_copy(tmp_path_factory, "history")
 
 
 def test_runs_ended_and_vanished(history: History):

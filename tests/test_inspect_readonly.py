@@ -22,14 +22,14 @@ import pytest
 import sqlalchemy as sa
 
 from sqlmon import db as dbmod
-from tests.test_inspect_history import History, build_history
+from tests.test_inspect_history import History, history_copy
 
 NOBODY = 65534
 
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    return build_history(str(tmp_path_factory.mktemp("ro") / "history.db"))
+    return history_copy(tmp_path_factory, "ro")
 
 
 def test_the_inspection_engine_is_read_only(history: History):
