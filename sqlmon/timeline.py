@@ -44,13 +44,17 @@ class Timeline:
     backlog: dict[str, list[tuple[float, int]]]  # category -> (ts, pending), downsampled
 
 
-def load(conn: Connection, run_id: int, start: float, end: float, points: int = 400) -> Timeline:
+def load(
+    conn: Connection, run_id: int, start: float, end: float, points: int = 400,
+    resolution: int = 2000,
+) -> Timeline:
     """The run's stretches, clipped to [start, end], and at most `points` backlog samples per
-    category (the peak of each slice of time, aggregated in SQL)."""
+    category (the peak of each slice of time). Aggregated in SQL: stretches shorter than
+    1/`resolution` of the run come summed per slice, so a day of events stays a few rows."""
     e = worker_events.c
     changes = (
         sa.select(
-            e.worker_id, e.event, e.category, e.ts,
+            e.id, e.worker_id, e.event, e.category, e.ts,
             sa.func.lead(e.ts).over(partition_by=e.worker_id, order_by=e.id).label("ended"),
         )
         .where(
@@ -59,16 +63,24 @@ def load(conn: Connection, run_id: int, start: float, end: float, points: int = 
         )
         .subquery()
     )
+    step = max(end - start, 1e-9) / resolution
+    length = sa.func.coalesce(changes.c.ended, end) - changes.c.ts
+    # A long stretch keeps its own group (its id); short ones share their slice's group.
+    group = sa.case(
+        (length >= step, -1 - changes.c.id),
+        else_=sa.cast((changes.c.ts - start) / step, sa.Integer),
+    )
     lanes: dict[str, list[Stretch]] = {}
-    for worker, event, category, ts, ended in conn.execute(
-        sa.select(changes).order_by(changes.c.worker_id, changes.c.ts)
+    for worker, category, first, seconds in conn.execute(
+        sa.select(changes.c.worker_id, changes.c.category, sa.func.min(changes.c.ts),
+                  sa.func.sum(length))
+        .where(changes.c.event.not_in(("exited", "dead")))
+        .group_by(changes.c.worker_id, changes.c.category, group)
     ):
-        lanes.setdefault(worker, [])
-        if event in ("exited", "dead"):
-            continue
-        stop = end if ended is None else min(ended, end)
-        if stop > ts:
-            lanes[worker].append(Stretch(ts, stop, category if category is not None else IDLE))
+        stop = min(first + seconds, end)
+        if stop > first:
+            key = category if category is not None else IDLE
+            lanes.setdefault(worker, []).append(Stretch(first, stop, key))
     for ep in troubles(conn, run_id, end)[0]:
         lanes.setdefault(ep.worker_id, []).append(
             Stretch(ep.started, ep.started + ep.seconds, STALE)
