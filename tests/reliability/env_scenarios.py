@@ -50,6 +50,17 @@ class Proc:
         except (OSError, ValueError):
             return {"raised": f"{self.name} wrote no result (exit {self.popen.returncode})"}
 
+    def children(self) -> list[dict[str, Any]]:
+        """The result files of a fleet's forked workers."""
+        found = []
+        numbered = [p for p in glob.glob(self.out + ".*") if p.rsplit(".", 1)[1].isdigit()]
+        for path in sorted(numbered, key=lambda p: int(p.rsplit(".", 1)[1])):
+            try:
+                found.append(dict(json.loads(Path(path).read_text())))
+            except (OSError, ValueError):
+                found.append({"raised": f"{path}: no result"})
+        return found
+
     def log_text(self) -> str:
         try:
             return Path(self.log).read_text(errors="replace")
@@ -107,9 +118,10 @@ class Run:
                 p.popen.wait()
                 problems.append(f"{p.name} did not stop within {timeout:.0f} s")
         for p in self.procs:
-            raised = p.result().get("raised")
-            if raised:
-                problems.append(f"{p.name} raised: {raised.strip().splitlines()[-1]}")
+            for r in [p.result(), *p.children()]:
+                raised = r.get("raised")
+                if raised:
+                    problems.append(f"{p.name} raised: {raised.strip().splitlines()[-1]}")
             if "Traceback" in p.log_text():
                 problems.append(f"{p.name} printed a traceback: {_last_traceback(p.log_text())}")
         return problems
@@ -128,6 +140,12 @@ def workdir(prefix: str, base: str | None = None) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def start_fleet(run: Run, n: int, env: dict[str, str] | None = None, **kwargs: Any) -> Proc:
+    """`n` workers w0..w{n-1}, forked from one process."""
+    specs = [{"worker_id": f"w{i}", **kwargs} for i in range(n)]
+    return run.start("fleet", "fleet", env=env, workers=specs)
 
 
 def wait_for(predicate: Any, timeout: float, every: float = 0.02) -> bool:
@@ -272,8 +290,7 @@ def _disk_full(o, mnt, work, workers, episodes, full_seconds, interval, every, c
         settings=scheduler_settings(interval, 4 * interval),
         scaled={},
     )
-    for i in range(workers):
-        run.start("worker", f"w{i}", db=db, worker_id=f"w{i}", every=every, category=None)
+    fleet = start_fleet(run, workers, db=db, every=every, category=None)
     fresh = config.fresh_for(interval)
     idle_while_full, resume_cycles, full_hits = [], [], 0
     try:
@@ -295,18 +312,18 @@ def _disk_full(o, mnt, work, workers, episodes, full_seconds, interval, every, c
             ballast.unlink()
             t_free, cycle_at_free = time.monotonic(), cycle_now(db)
             moved = wait_for(
-                lambda: all(
+                lambda before=before: all(
                     b > before[w] for w, b in sql(db, "SELECT worker_id, beats FROM worker_status")
                 ),
                 30,
             )
             resume_cycles.append(round((time.monotonic() - t_free) / interval, 2))
-            written = wait_for(lambda: cycle_now(db) > cycle_at_free, 30)
+            written = wait_for(lambda c=cycle_at_free: cycle_now(db) > c, 30)
             o.expect(moved and written, "beats or cycles did not resume after space was freed")
             o.expect(wait_for(lambda: is_idle(db), 30), "never idle again after space was freed")
     finally:
         o.problems.extend(run.stop())
-    results = [p.result() for p in run.procs if p.name.startswith("w")]
+    results = fleet.children()
     missed = sum(r.get("missed", 0) for r in results)
     o.tried = {"episodes": episodes, "workers": workers, "seconds_full": full_seconds * episodes}
     log = sched.log_text()
@@ -466,17 +483,15 @@ def clock_jumps(
         workers_rc.write_text("+0\n")
         sched_rc.write_text("+1h\n")
         run = Run(work)
-        for i in range(workers):
-            run.start(
-                "worker",
-                f"w{i}",
-                env=_clock(lib, workers_rc),
-                db=db,
-                worker_id=f"w{i}",
-                every=every,
-                category="OCR",
-                switch_every=7,
-            )
+        start_fleet(
+            run,
+            workers,
+            env=_clock(lib, workers_rc),
+            db=db,
+            every=every,
+            category="OCR",
+            switch_every=7,
+        )
         stale_after = 4 * interval
         try:
             if not wait_for(
@@ -550,7 +565,7 @@ def _cli_shows(db: str, work: Path, lib: str) -> list[str]:
             and not isinstance(got.exception, SystemExit)
         ):
             problems.append(f"sqlmon {command}: exit {got.exit_code}: {got.exception!r}")
-    for offset, command in (("+1h", "status"), ("-1h", "status"), ("-1h", "check")):
+    for offset, command in (("+1h", "status"), ("-1h", "check")):
         rc = work / f"cli{offset}.rc"
         rc.write_text(offset + "\n")
         got = subprocess.run(
@@ -610,16 +625,14 @@ def long_reader(
             settings=scheduler_settings(interval, 10.0),
             scaled=scaled,
         )
-        for i in range(workers):
-            pipeline.start(
-                "worker",
-                f"w{i}",
-                db=db,
-                worker_id=f"w{i}",
-                every=every,
-                category="OCR",
-                scaled=scaled,
-            )
+        fleet = start_fleet(
+            pipeline,
+            workers,
+            db=db,
+            every=every,
+            category="OCR",
+            scaled=scaled,
+        )
         peak, shrink_cycles, shrink_intervals, watch_ok = 0, None, None, False
         try:
             if not started(db, workers):
@@ -643,7 +656,7 @@ def long_reader(
             watch_ok = _watch_ends_its_reads(o, db, interval)
         finally:
             o.problems.extend(monitor.stop())
-        results = [p.result() for p in pipeline.procs if p.name.startswith("w")]
+        results = fleet.children()
         # Each worker's first beats open its connection: start-up, not the steady state.
         timed = [pair for r in results for pair in r.get("timed", [])[5:]]
         warnings = count_lines(sched.log_text(), "the WAL has grown")
@@ -701,3 +714,172 @@ def _watch_ends_its_reads(o: Outcome, db: str, interval: float) -> bool:
         if b"Traceback" in err:
             o.problems.append("sqlmon watch printed a traceback on Ctrl-C")
     return ok
+
+
+# -- 5: contention ------------------------------------------------------------------------------
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+
+
+def unsafe_transactions(lines: list[str]) -> tuple[int, list[str]]:
+    """From "connection<TAB>statement" trace lines: how many transactions wrote, and those that
+    wrote without BEGIN IMMEDIATE (a deferred read-then-write fails at once with SQLITE_BUSY)."""
+    begun: dict[str, str | None] = {}
+    wrote: dict[str, bool] = {}
+    checked, unsafe = 0, []
+    for line in lines:
+        conn, _, sql_text = line.partition("\t")
+        words = sql_text.split()
+        head = words[0].upper() if words else ""
+        if head == "BEGIN":
+            begun[conn], wrote[conn] = sql_text.upper(), False
+        elif head in ("COMMIT", "END", "ROLLBACK"):
+            if begun.get(conn) is not None and wrote.get(conn):
+                checked += 1
+                if begun[conn] not in ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"):
+                    unsafe.append(f"{conn}: {begun[conn]} then a write")
+            begun[conn] = None
+        elif begun.get(conn) is not None and head in _WRITES:
+            wrote[conn] = True
+    return checked, unsafe
+
+
+def _read_then_write(db: str, begin: str, tries: int, pause: float) -> tuple[int, float]:
+    """The control: `tries` read-then-write transactions; (failures, longest wait of one)."""
+    failures, slowest = 0, 0.0
+    conn = sqlite3.connect(db, timeout=5, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    try:
+        for _ in range(tries):
+            t0 = time.monotonic()
+            try:
+                conn.execute(begin)
+                conn.execute("SELECT max(beats) FROM worker_status").fetchone()
+                time.sleep(pause)  # other writers commit meanwhile
+                conn.execute("UPDATE scheduler_state SET stop_seen = stop_seen")
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                failures += 1
+                slowest = max(slowest, time.monotonic() - t0)
+                conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    return failures, slowest
+
+
+def _status_loop(db: str, until: float, out: list[tuple[int, str]]) -> None:
+    while time.monotonic() < until:
+        got = subprocess.run(
+            [SQLMON, "status", db],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "100"},
+        )
+        out.append((got.returncode, got.stdout + got.stderr))
+
+
+def contention(
+    writers: int = 16,
+    hz: float = 50.0,
+    seconds: float = 10.0,
+    interval: float = 0.5,
+    status_loops: int = 2,
+    control_tries: int = 20,
+) -> Outcome:
+    """16 writers at 50 Hz, the scheduler and `sqlmon status` loops: no "database is locked"
+    reaches a caller; every transaction that writes begins with BEGIN IMMEDIATE (SQLite's own
+    statement trace); a deferred read-then-write control fails at once, proving the harness
+    sees that failure, where the same with BEGIN IMMEDIATE waits its turn."""
+    import threading
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from . import env_targets
+
+    o = Outcome("5 contention")
+    with workdir("contention") as work:
+        db = str(work / "x.db")
+        traces = work / "traces"
+        traces.mkdir()
+        listener = env_targets.trace_statements(str(traces / "init.trace"))
+        try:
+            init_db(db)
+        finally:
+            event.remove(Engine, "connect", listener)
+        run = Run(work)
+        run.start(
+            "scheduler",
+            "scheduler",
+            db=db,
+            settings=scheduler_settings(interval, 10.0),
+            scaled={},
+            trace=str(traces / "scheduler.trace"),
+        )
+        fleet = start_fleet(
+            run,
+            writers,
+            db=db,
+            every=1.0 / hz,
+            category="OCR",
+            switch_every=25,
+            trace=str(traces / "workers.trace"),
+        )
+        statuses: list[tuple[int, str]] = []
+        try:
+            if not started(db, writers, timeout=60):
+                o.problems.append("the pipeline did not start")
+                return o
+            until = time.monotonic() + seconds
+            loops = [
+                threading.Thread(target=_status_loop, args=(db, until, statuses))
+                for _ in range(status_loops)
+            ]
+            for t in loops:
+                t.start()
+            deferred = _read_then_write(db, "BEGIN", control_tries, 0.02)
+            immediate = _read_then_write(db, "BEGIN IMMEDIATE", control_tries, 0.02)
+            for t in loops:
+                t.join()
+        finally:
+            o.problems.extend(run.stop())
+        results = fleet.children()
+        lines = [
+            line for f in sorted(traces.glob("*.trace")) for line in f.read_text().splitlines()
+        ]
+        checked, unsafe = unsafe_transactions(lines)
+        locked = [text for code, text in statuses if "locked" in text]
+        o.tried = {
+            "writers": writers,
+            "hz": hz,
+            "seconds": seconds,
+            "status_runs": len(statuses),
+            "controls": 2 * control_tries,
+        }
+        o.figures = {
+            "beats": sum(r.get("beats", 0) for r in results),
+            "missed": sum(r.get("missed", 0) for r in results),
+            "writes_skipped": sql(db, "SELECT coalesce(sum(writes_skipped), 0) FROM snapshots")[0][
+                0
+            ],
+            "write_transactions_traced": checked,
+            "deferred_failures": deferred[0],
+            "deferred_slowest_s": round(deferred[1], 3),
+            "immediate_failures": immediate[0],
+        }
+        o.expect(checked > 0, "no write transaction was traced: the trace saw nothing")
+        o.expect(not unsafe, f"write transactions without BEGIN IMMEDIATE: {unsafe[:3]}")
+        o.expect(not locked, f"'database is locked' reached sqlmon status: {locked[:1]}")
+        o.expect(all(code in (0, 1) for code, _ in statuses), "sqlmon status failed")
+        # The negative control: the harness can see the failure it looks for.
+        o.expect(deferred[0] > 0, "the deferred read-then-write control never failed")
+        o.expect(deferred[1] < 2.5, "the deferred control waited: SQLITE_BUSY was not at once")
+        o.expect(immediate[0] == 0, f"{immediate[0]} BEGIN IMMEDIATE controls failed")
+        control_trace = ["c\tBEGIN", "c\tSELECT 1", "c\tUPDATE t SET x = 1", "c\tCOMMIT"]
+        o.expect(unsafe_transactions(control_trace)[1] != [], "the trace check flags nothing")
+        o.problems.extend(beats_accounted(db, results))
+        o.problems.extend(check_database(db))
+    return o

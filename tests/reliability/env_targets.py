@@ -48,6 +48,7 @@ def worker(
     category: str | None = "OCR",
     switch_every: int = 0,
     scaled: dict[str, Any] | None = None,
+    trace: str | None = None,
 ) -> None:
     """Beat every `every` s until the stop file appears; record beats, misses and latencies
     (with their monotonic times). With `switch_every`, hold `category` and None by turns."""
@@ -90,8 +91,34 @@ def worker(
     _write(out, result)
 
 
+def fleet(stop_file: str, out: str, workers: list[dict[str, Any]]) -> None:
+    """Many workers forked from one process that has already imported sqlmon: 16 processes
+    start in a moment on two cores. Each child is a `worker` with its own id and result file."""
+    import sqlmon  # noqa: F401 (imported once, before the forks)
+
+    children = []
+    for i, kwargs in enumerate(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                worker(stop_file=stop_file, out=f"{out}.{i}", **kwargs)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    _write(out, {"raised": None if not any(codes) else f"worker exit codes {codes}"})
+
+
 def scheduler(
-    db: str, stop_file: str, out: str, settings: dict[str, Any], scaled: dict[str, Any]
+    db: str,
+    stop_file: str,
+    out: str,
+    settings: dict[str, Any],
+    scaled: dict[str, Any],
+    trace: str | None = None,
 ) -> None:
     """Run the scheduler in this process until the stop file appears; `scaled` overrides
     sqlmon.config defaults for a scaled-down CI run (a WAL threshold of megabytes, not 64)."""
@@ -99,6 +126,8 @@ def scheduler(
 
     for name, value in scaled.items():
         setattr(config, name, value)
+    if trace:
+        trace_statements(trace)
     result: dict[str, Any] = {"pid": os.getpid(), "raised": None}
     terminate = threading.Event()
     threading.Thread(target=_watch_stop, args=(stop_file, terminate), daemon=True).start()
@@ -130,6 +159,24 @@ def reader(db: str, stop_file: str, out: str, hold: float) -> None:
     _write(out, {"rows": rows, "held": hold})
 
 
+def trace_statements(path: str) -> Any:
+    """Log every statement SQLite runs on every connection this process opens, as
+    "connection<TAB>statement" lines: the driver's own record, not sqlmon's idea of it."""
+    import sqlalchemy as sa
+    from sqlalchemy import event
+
+    f = open(path, "a", buffering=1)  # noqa: SIM115 (held for the process)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        tag = f"{os.getpid()}:{id(dbapi_connection)}"
+        dbapi_connection.set_trace_callback(
+            lambda sql: f.write(f"{tag}\t{' '.join(sql.split())}\n")
+        )
+
+    event.listen(sa.engine.Engine, "connect", on_connect)
+    return on_connect
+
+
 def _write(path: str, obj: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -145,7 +192,7 @@ def main(argv: list[str]) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     signal.signal(signal.SIGTERM, lambda *_: _stop.set())
-    {"worker": worker, "scheduler": scheduler, "reader": reader}[name](**kwargs)
+    {"worker": worker, "fleet": fleet, "scheduler": scheduler, "reader": reader}[name](**kwargs)
 
 
 if __name__ == "__main__":

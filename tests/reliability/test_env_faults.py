@@ -325,7 +325,7 @@ def test_14_disk_full() -> None:
 
 
 def test_15_io_errors() -> None:
-    held(env_scenarios.io_errors(workers=4, seconds=5.0, probability=0.05, interval=0.5))
+    held(env_scenarios.io_errors(workers=3, seconds=4.0, probability=0.03, interval=0.5))
 
 
 def test_13_wall_clock_jumps() -> None:
@@ -334,3 +334,7 @@ def test_13_wall_clock_jumps() -> None:
 
 def test_4_long_readers() -> None:
     held(env_scenarios.long_reader(workers=6, hold=3.0, baseline=1.5, interval=0.5))
+
+
+def test_5_contention() -> None:
+    held(env_scenarios.contention(writers=16, hz=50.0, seconds=10.0, interval=0.5))
