@@ -251,12 +251,14 @@ def _busy(
     """Per worker (busy s, seen s) and per category busy worker-seconds, from the run's own
     events: the worker_intervals view would number every run's events before filtering."""
     e = worker_events.c
+    worker = sa.bindparam("worker")
     changes = (
         sa.select(
-            e.worker_id, e.event, e.category, e.ts.label("started"),
-            sa.func.lead(e.ts).over(partition_by=e.worker_id, order_by=e.id).label("ended"),
+            e.event, e.category, e.ts.label("started"),
+            sa.func.lead(e.ts).over(order_by=e.id).label("ended"),
         )
         .where(
+            e.worker_id == worker,
             e.run_id == run_id,
             e.event.in_(("joined", "busy", "idle", "category", "exited", "dead")),
         )
@@ -265,21 +267,30 @@ def _busy(
     # The scheduler keeps a run's events in order and inside the run (it clamps worker clocks),
     # so only the last stretch of each worker needs an end: the run's.
     length = sa.func.coalesce(changes.c.ended, end) - changes.c.started
-    # One pass over the run's events; the (worker, category) sums are few, so the per worker
-    # and per category totals are added up here.
+    per_worker = (
+        sa.select(changes.c.category, sa.func.sum(length))
+        .where(changes.c.event.not_in(("exited", "dead")))
+        .group_by(changes.c.category)
+    )
+    # One query per worker: the (worker_id, id) index then hands over its events in order,
+    # where one query over all workers would sort the whole run's events first.
+    workers = conn.execute(
+        sa.select(e.worker_id).where(e.run_id == run_id).distinct()
+    ).scalars().all()
+    rows = [
+        (w, category, seconds)
+        for w in workers
+        for category, seconds in conn.execute(per_worker, {"worker": w})
+    ]
     seen: dict[str, float] = {}
     busy: dict[str, float] = {}
     per_category: dict[str, float] = {}
-    for worker, category, seconds in conn.execute(
-        sa.select(changes.c.worker_id, changes.c.category, sa.func.sum(length))
-        .where(changes.c.event.not_in(("exited", "dead")))
-        .group_by(changes.c.worker_id, changes.c.category)
-    ):
+    for worker_id, category, seconds in rows:
         seconds = float(seconds or 0.0)
-        seen[worker] = seen.get(worker, 0.0) + seconds
-        busy.setdefault(worker, 0.0)
+        seen[worker_id] = seen.get(worker_id, 0.0) + seconds
+        busy.setdefault(worker_id, 0.0)
         if category is not None:
-            busy[worker] += seconds
+            busy[worker_id] += seconds
             per_category[category] = per_category.get(category, 0.0) + seconds
     use = [(w, busy[w], seen[w]) for w in sorted(seen)]
     return use, per_category
