@@ -194,9 +194,30 @@ def _pragma(conn: Connection, sql: str) -> list[tuple[object, ...]]:
 
 
 def checkpoint(conn: Connection) -> None:
-    """Move WAL content into the database without waiting for anyone (SQLite only)."""
-    if conn.dialect.name == "sqlite" and not conn.in_transaction():
-        _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
+    """Move WAL content into the database, and keep the WAL small (SQLite only).
+
+    A PASSIVE checkpoint never waits for anyone. But the WAL only starts over from its
+    beginning when a writer finds it entirely checkpointed and unread, which under a steady
+    stream of beats (frames keep arriving while a checkpoint copies) almost never happens: the
+    WAL would grow to the workers' far-away fallback. So once the WAL holds more than
+    WAL_RESTART_BYTES and a PASSIVE pass got everything, a RESTART finishes the few frames left
+    and starts the WAL over; it may hold writers back for at most a 10 ms busy wait (a reader
+    still open), well inside a beat's busy timeout.
+    """
+    if conn.dialect.name != "sqlite" or conn.in_transaction():
+        return
+    ((busy, frames, copied),) = _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
+    if busy or copied < frames:  # type: ignore[operator]
+        return  # a reader still needs older frames: nothing more to win now
+    ((page_size,),) = _pragma(conn, "PRAGMA page_size")
+    if frames * page_size < config.WAL_RESTART_BYTES:  # type: ignore[operator]
+        return
+    ((wait_ms,),) = _pragma(conn, "PRAGMA busy_timeout")
+    _pragma(conn, "PRAGMA busy_timeout = 10")
+    try:
+        _pragma(conn, "PRAGMA wal_checkpoint(RESTART)")
+    finally:
+        _pragma(conn, f"PRAGMA busy_timeout = {wait_ms}")
 
 
 def set_busy_timeout(conn: Connection, seconds: float) -> None:
