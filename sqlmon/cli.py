@@ -205,7 +205,7 @@ def _run(conn: sa.Connection, run_id: int | None, now: float) -> queries.RunLine
 
 @app.command()
 def status(db: DbArg, fmt: FormatOpt = "table") -> None:
-    """The picture now: the scheduler, the idle row and why not idle, the workers, the backlog."""
+    """The picture now: scheduler, idle verdict and why not, workers, backlog."""
     from .render import status_text
 
     fmt = _format(fmt)
@@ -247,8 +247,10 @@ def watch(
 
 @app.command()
 def runs(db: DbArg, fmt: FormatOpt = "table") -> None:
-    """Each run: start, end, length and end reason; 'vanished' when its scheduler went without
-    ending it."""
+    """Each run: start, end, length and end reason.
+
+    A run whose scheduler went without ending it (killed, crashed) shows as 'vanished'.
+    """
     from .render import runs_text
 
     fmt = _format(fmt)
@@ -334,7 +336,11 @@ def timeline(
                     "(inline SVG) with the chart and the backlog per category over time.")]
     = None,
 ) -> None:
-    """Per worker, the busy / idle / stale stretches of a run as a text Gantt chart."""
+    """Per worker, the busy / idle / stale stretches of a run as a text Gantt chart.
+
+    One letter per category, coloured where the terminal allows; --html FILE also writes a
+    self-contained page with the chart and the backlog per category over time.
+    """
     from . import timeline as tlmod
 
     now = time.time()
@@ -361,8 +367,12 @@ def timeline(
 
 @app.command()
 def report(db: DbArg, run: RunOpt = None, fmt: FormatOpt = "table") -> None:
-    """The post-run analysis of a run: drain time, utilisation, throughput, backlog peaks,
-    stale episodes, dead workers, heartbeat gaps and scheduler cycle times."""
+    """The post-run analysis of a run: drain, utilisation, throughput, peaks, trouble.
+
+    Length and time to drain; per worker busy time, utilisation, stale episodes and longest
+    heartbeat gap; per category busy worker-seconds and tasks finished per second; backlog
+    peaks; stale episodes; dead workers; scheduler cycle times and skipped writes.
+    """
     from .render import report_text
     from .report import run_report
 
@@ -376,8 +386,11 @@ def report(db: DbArg, run: RunOpt = None, fmt: FormatOpt = "table") -> None:
 
 @app.command()
 def check(db: DbArg) -> None:
-    """Health probe: exit 0 when the scheduler's heartbeat is fresh and no worker is stale or
-    dead, 1 otherwise, with one line that says why (2: bad input)."""
+    """Health probe: exit 0 when all is well, 1 otherwise, with one line that says why.
+
+    Well means: the scheduler's heartbeat is fresh and no worker is stale or dead. Bad input
+    exits 2, as for every command.
+    """
     with inspecting(db) as conn, dbmod.read(conn):
         ok, why = queries.health(queries.status(conn, time.time()))
     from .render import clean
@@ -425,8 +438,11 @@ def prune(
                           "this: 7d, 12h, 30m.")],
     dry_run: Annotated[bool, typer.Option(help="Only say what would go.")] = False,
 ) -> None:
-    """Delete the history (snapshots, counts, events, run rows) of older runs, in batches;
-    never the current run's, never the task table."""
+    """Delete the history of older runs, in batches; never the current run's.
+
+    Snapshots, their counts, worker events and run rows go; the task table and worker_status
+    stay. Each batch is one short write transaction.
+    """
     from . import config
     from .durations import parse_duration
     from .migrate import describe
