@@ -251,7 +251,7 @@ def _busy(
     """Per worker (busy s, seen s) and per category busy worker-seconds, from the run's own
     events: the worker_intervals view would number every run's events before filtering."""
     e = worker_events.c
-    worker = sa.bindparam("worker")
+    worker: sa.BindParameter[str] = sa.bindparam("worker")
     changes = (
         sa.select(
             e.event, e.category, e.ts.label("started"),
