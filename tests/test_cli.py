@@ -339,3 +339,15 @@ def test_real_subprocess(history: History, tmp_path: Path):
         "(create it with `sqlmon init`)\n"
     assert not (tmp_path / "missing.db").exists()
     assert digest(history.path) == before
+
+
+def test_a_database_no_scheduler_has_run_on(db: str):
+    status = invoke("status", db)
+    assert status.exit_code == 0
+    assert status.output.startswith("scheduler: none has run on this database yet\n")
+    assert (invoke("runs", db).output, invoke("events", db).output) == ("(none)\n", "(none)\n")
+    check = invoke("check", db)
+    assert (check.exit_code, check.output) == (1, "no scheduler has run on this database\n")
+    report = invoke("report", db)
+    assert report.exit_code == 2
+    assert report.stderr == "sqlmon: no runs yet (a scheduler starts one: `sqlmon run DB`)\n"
