@@ -176,7 +176,19 @@ def inspecting(db: str) -> Iterator[sa.Connection]:
     except SqlmonError as exc:
         fail(str(exc))
     except sa.exc.DatabaseError as exc:
-        fail(f"{dbmod.url_text(db)}: {describe(exc)}")
+        fail(f"{_name(db)}: {describe(exc)}")
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        # A URL SQLAlchemy cannot use here: an unknown scheme, or its driver not installed.
+        fail(f"{_name(db)}: cannot open this URL ({exc})")
+
+
+def _name(db: str) -> str:
+    """The database as people may see it in a message: a URL's password hidden."""
+    try:
+        url = dbmod.to_url(db)
+        return dbmod.sqlite_path(url) or url.render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return db
 
 
 def _format(fmt: str) -> str:
