@@ -29,7 +29,7 @@ _MODES = {"admin": "rwc", "scheduler": "rw", "worker": "rw", "read": "ro"}
 _BUSY = {
     "admin": config.INIT_BUSY_TIMEOUT,
     "scheduler": config.SCHEDULER_BUSY_TIMEOUT,
-    "worker": config.WORKER_BUSY_TIMEOUT,
+    "worker": 0.0,  # the heartbeat waits for the lock itself, in finer steps than SQLite's
     "read": config.READ_BUSY_TIMEOUT,
 }
 _AUTOCHECKPOINT = {
@@ -226,19 +226,13 @@ def set_busy_timeout(conn: Connection, seconds: float) -> None:
         _pragma(conn, f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
 
-def set_driver_busy_timeout(dbapi_connection: sqlite3.Connection, seconds: float) -> None:
-    """The same on a driver connection (the heartbeat holds one): outside any transaction."""
-    cur = dbapi_connection.cursor()
-    try:
-        cur.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
-    finally:
-        cur.close()
-
-
 def is_busy(exc: BaseException) -> bool:
     """Whether a driver error means that someone else holds the lock (SQLITE_BUSY)."""
+    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy's wrapper, or the driver's own
     code = getattr(exc, "sqlite_errorcode", None)
-    return code == sqlite3.SQLITE_BUSY or (code is None and "database is locked" in str(exc))
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_BUSY  # extended codes: BUSY_SNAPSHOT, ...
+    return "database is locked" in str(exc)
 
 
 def wal_size(url: URL) -> int:

@@ -79,6 +79,7 @@ class Heartbeat:
         self._last_write = -float("inf")
         self._last_log = -float("inf")
         self._contended = False  # someone holds the write lock: try it, never wait for it
+        self._busy_wait = 0.0  # s a write may wait for the lock, in the heartbeat's own steps
 
     # Processes receive plain data: a spawned child gets the settings, never the connection.
     def __getstate__(self) -> dict[str, Any]:
@@ -147,6 +148,7 @@ class Heartbeat:
         self._sql = compiled.string
         self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
         self._engine, self._conn = engine, conn
+        self._busy_wait = config.WORKER_BUSY_TIMEOUT
         # The connection autocommits (see db.py): the upsert is one small transaction.
         self._cursor = conn.driver_connection.cursor()  # type: ignore[union-attr]
 
@@ -160,37 +162,45 @@ class Heartbeat:
             else:
                 text, since = self._category_text, self._category_since
             row = (*self._row, text, since, wall, self._started_at, wall if exited else None)
-            if self._contended and exited:
-                self._contend(False)  # the last write gets its full short wait
-            self._cursor.execute(self._sql, row)  # the row is in _COLUMNS order
-            if self._contended:
-                self._contend(False)
+            # While someone holds the lock for long (a paused scheduler, a person in the sqlite3
+            # shell), waiting would cost every change of category the whole busy timeout: until
+            # a beat gets through, beats try the lock once. The last write gets its full wait.
+            self._execute(row, 0.0 if self._contended and not exited else self._busy_wait)
         except self._errors as exc:
             # A locked database, a full disk, an I/O error: drop this beat, the next one tries.
             self.missed += 1
-            if not self._contended and not exited and dbmod.is_busy(exc):
-                # A lock held for long (a paused scheduler, a person in the sqlite3 shell) would
-                # cost every change of category the whole busy timeout: until a beat gets
-                # through, beats try the lock once and give up at once.
-                self._contend(True)
+            self._contended = dbmod.is_busy(exc)
             if now - self._last_log >= config.MISSED_LOG_EVERY:
                 self._last_log = now
                 log.warning(
                     "heartbeat of %s dropped (%d so far): %s", self.worker_id, self.missed, exc
                 )
             return
+        self._contended = False
         self._category, self._category_text, self._category_since = category, text, since
         self._last_write = now
 
+    def _execute(self, row: tuple[Any, ...], wait: float) -> None:
+        """The upsert, retried on SQLITE_BUSY for up to `wait` s.
 
-    def _contend(self, on: bool) -> None:
-        if self._engine is not None and self._engine.dialect.name == "sqlite":
-            timeout = 0.0 if on else config.WORKER_BUSY_TIMEOUT
+        SQLite's own busy handler sleeps 1 ms at its first retry, then longer; a writer holds
+        the lock for tens of microseconds, so the heartbeat's connection has no busy timeout
+        (see db.py) and waits here in steps that start at 20 us instead.
+        """
+        delay, deadline = 20e-6, None
+        while True:
             try:
-                dbmod.set_driver_busy_timeout(self._conn.driver_connection, timeout)
-            except self._errors:
+                self._cursor.execute(self._sql, row)  # the row is in _COLUMNS order
                 return
-        self._contended = on
+            except self._errors as exc:
+                if not dbmod.is_busy(exc):
+                    raise
+                now = _monotonic()
+                deadline = now + wait if deadline is None else deadline
+                if now + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
 
 
 def _text(category: Any) -> str | None:
