@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 # Every revision this sqlmon can read, oldest first; the last is the one it writes.
-REVISIONS = ("0001",)
+REVISIONS = ("0001", "0002")
 HEAD = REVISIONS[-1]
 VERSION_TABLE = "sqlmon_alembic_version"  # not Alembic's default, so a host app's own is safe
 

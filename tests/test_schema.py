@@ -92,13 +92,24 @@ def test_check_database_names_each_problem(tmp_path: Path, db: str) -> None:
         check_database(db)
 
 
-def test_older_schema_is_refused_until_upgraded(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sqlmon.migrate as migrate
+def test_an_older_schema_is_refused_until_init_upgrades_it(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
 
-    monkeypatch.setattr(migrate, "REVISIONS", ("0001", "0002"))
-    monkeypatch.setattr(migrate, "HEAD", "0002")
-    with pytest.raises(SchemaTooOld, match="older than 0002"):
-        check_database(db)
+    path = str(tmp_path / "old.db")
+    engine = dbmod.engine(path, "admin")
+    with engine.connect() as conn, dbmod.write(conn):
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrations_dir()))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, REVISIONS[0])  # a database made by the first release
+    engine.dispose()
+    execute(path, "INSERT INTO worker_events (run_id, ts, worker_id, event) VALUES (1, 5, 'w', 'joined')")
+    with pytest.raises(SchemaTooOld, match=f"older than {HEAD}"):
+        check_database(path)
+    init_db(path)
+    check_database(path)
+    assert sql(path, "SELECT worker_id FROM worker_events") == [("w",)]  # history kept
 
 
 def test_init_refuses_a_foreign_database(tmp_path: Path) -> None:
@@ -123,6 +134,8 @@ def test_backlog_uses_the_partial_index(db: str) -> None:
 
 
 def test_views_give_intervals_and_backlog(db: str) -> None:
+    execute(db, "INSERT INTO runs (run_id, started_at, ended_at, pid, host, config) "
+                "VALUES (1, 99.0, 200.0, 1, 'h', '{}'), (2, 300.0, NULL, 1, 'h', '{}')")
     execute(
         db,
         "INSERT INTO worker_events (run_id, ts, worker_id, event, category) VALUES (?, ?, ?, ?, ?)",
@@ -132,13 +145,17 @@ def test_views_give_intervals_and_backlog(db: str) -> None:
             (1, 101.5, "w", "stale", "OCR"),
             (1, 104.0, "w", "idle", None),
             (1, 105.0, "w", "exited", None),
+            (1, 110.0, "v", "joined", "OCR"),  # still busy when run 1 ended
+            (2, 301.0, "v", "joined", None),  # still idle: run 2 has not ended
         ],
     )
-    assert sql(db, "SELECT worker_id, category, state, started, ended, seconds "
+    assert sql(db, "SELECT run_id, worker_id, category, state, started, ended, seconds "
                    "FROM worker_intervals ORDER BY started") == [
-        ("w", None, "idle", 100.0, 101.0, 1.0),
-        ("w", "OCR", "busy", 101.0, 104.0, 3.0),
-        ("w", None, "idle", 104.0, 105.0, 1.0),
+        (1, "w", None, "idle", 100.0, 101.0, 1.0),
+        (1, "w", "OCR", "busy", 101.0, 104.0, 3.0),
+        (1, "w", None, "idle", 104.0, 105.0, 1.0),
+        (1, "v", "OCR", "busy", 110.0, 200.0, 90.0),
+        (2, "v", None, "idle", 301.0, None, None),
     ]
     execute(db, "INSERT INTO snapshots (id, run_id, ts, cycle, workers_busy, workers_idle, "
                 "workers_stale, workers_dead, backlog_pending, backlog_running, idle, "
