@@ -244,6 +244,44 @@ def wal_size(url: URL) -> int:
         return 0
 
 
+@contextmanager
+def as_found(db: str | os.PathLike[str] | URL) -> Iterator[None]:
+    """Leave no -wal / -shm behind that were not there before a read-only look.
+
+    A read-only connection to a WAL database at rest creates both files and, unable to
+    checkpoint, leaves them when it closes; owned by whoever looked, they can then block the
+    pipeline's own user (every write fails). When neither existed, one read-write connection
+    that reads and closes removes them, as the last connection always does. SQLite takes the
+    exclusive lock for that, only if no one else has the database open; an empty WAL writes
+    nothing to the file.
+    """
+    path = sqlite_path(to_url(db))
+    at_rest = path is not None and not any(os.path.exists(path + s) for s in ("-wal", "-shm"))
+    try:
+        yield
+    finally:
+        if at_rest and path is not None and os.path.exists(path + "-shm"):
+            _close_last(path)
+
+
+def _close_last(path: str) -> None:
+    try:
+        if os.path.getsize(path + "-wal") != 0:
+            return  # someone wrote meanwhile: their files now
+        conn = sqlite3.connect(
+            f"file:{quote(path, safe='/')}?mode=rw", uri=True, isolation_level=None, timeout=0
+        )
+    except (OSError, sqlite3.Error):
+        return  # not ours to tidy (no write permission): SQLite's files stay
+    try:
+        conn.execute("PRAGMA query_only = 1")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        pass
+    finally:
+        conn.close()
+
+
 def read_only_engine(db: str | os.PathLike[str] | URL) -> Engine:
     """A read-only engine for people's inspection tools, also for a copy in a folder without
     write permission, where mode=ro fails because SQLite cannot create the -shm file."""

@@ -55,14 +55,15 @@ def init_db(db: str | os.PathLike[str] | URL, *, file_mode: int = config.DB_FILE
 
 
 def _refuse_foreign(url: URL) -> None:
-    engine = dbmod.engine(url, "read")
-    try:
-        with engine.connect() as conn, dbmod.read(conn):
-            _known(conn, url)
-    except sa.exc.DatabaseError as exc:
-        raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
-    finally:
-        engine.dispose()
+    with dbmod.as_found(url):
+        engine = dbmod.engine(url, "read")
+        try:
+            with engine.connect() as conn, dbmod.read(conn):
+                _known(conn, url)
+        except sa.exc.DatabaseError as exc:
+            raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
+        finally:
+            engine.dispose()
 
 
 def check(conn: Connection, url: URL) -> str:
@@ -87,14 +88,15 @@ def check(conn: Connection, url: URL) -> str:
 def check_database(db: str | os.PathLike[str] | URL) -> None:
     """Open the database read-only just long enough to check it; create nothing."""
     url = dbmod.to_url(db)
-    engine = dbmod.engine(url, "read")
-    try:
-        with engine.connect() as conn, dbmod.read(conn):
-            check(conn, url)
-    except sa.exc.DatabaseError as exc:
-        raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
-    finally:
-        engine.dispose()
+    with dbmod.as_found(url):
+        engine = dbmod.engine(url, "read")
+        try:
+            with engine.connect() as conn, dbmod.read(conn):
+                check(conn, url)
+        except sa.exc.DatabaseError as exc:
+            raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
+        finally:
+            engine.dispose()
 
 
 def describe(exc: sa.exc.DatabaseError) -> str:

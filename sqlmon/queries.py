@@ -31,17 +31,19 @@ def connect(db: str | os.PathLike[str] | sa.URL) -> Iterator[Connection]:
     Use it inside `db.read(conn)`: each read transaction is one consistent picture.
     """
     url = dbmod.to_url(db)
-    engine = dbmod.read_only_engine(url)
-    try:
-        with engine.connect() as conn:
-            try:
-                with dbmod.read(conn):
-                    check(conn, url)
-            except sa.exc.DatabaseError as exc:
-                raise DatabaseError(f"{dbmod.sqlite_path(url) or url}: {describe(exc)}") from exc
-            yield conn
-    finally:
-        engine.dispose()
+    with dbmod.as_found(url):
+        engine = dbmod.read_only_engine(url)
+        try:
+            with engine.connect() as conn:
+                try:
+                    with dbmod.read(conn):
+                        check(conn, url)
+                except sa.exc.DatabaseError as exc:
+                    where = dbmod.sqlite_path(url) or url
+                    raise DatabaseError(f"{where}: {describe(exc)}") from exc
+                yield conn
+        finally:
+            engine.dispose()
 
 
 # -- the picture now ----------------------------------------------------------------------
