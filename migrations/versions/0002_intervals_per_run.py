@@ -1,9 +1,10 @@
-"""Busy / idle stretches per run, and an index that hands a run's events over by worker.
+"""Busy / idle stretches per run, and indexes for the post-run report.
 
 worker_intervals paired each state change with the worker's next one in any run, so a run's
 last stretch ran on to the next run's first event; now a stretch ends at the next change in the
-same run, or at the run's end. The covering index serves the per-worker, per-run scans of
-`sqlmon report` and `timeline` without touching the table.
+same run, or at the run's end. A covering index serves the per-worker, per-run scans of
+`sqlmon report` and `timeline` without touching the table; another finds each category's
+backlog peak, and when it came, by a seek instead of a scan of every count of the run.
 
 Revision ID: 0002
 Revises: 0001
@@ -55,9 +56,15 @@ def upgrade() -> None:
         "worker_events",
         ["run_id", "worker_id", "id", "event", "ts", "category"],
     )
+    op.create_index(
+        "ix_snapshot_counts_peak",
+        "snapshot_counts",
+        ["pool", "category", "pending", "snapshot_id"],
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_snapshot_counts_peak", table_name="snapshot_counts")
     op.drop_index("ix_worker_events_run_worker", table_name="worker_events")
     op.execute("DROP VIEW worker_intervals")
     op.execute(OLD_WORKER_INTERVALS)
