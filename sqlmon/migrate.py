@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -55,15 +56,7 @@ def init_db(db: str | os.PathLike[str] | URL, *, file_mode: int = config.DB_FILE
 
 
 def _refuse_foreign(url: URL) -> None:
-    with dbmod.as_found(url):
-        engine = dbmod.engine(url, "read")
-        try:
-            with engine.connect() as conn, dbmod.read(conn):
-                _known(conn, url)
-        except sa.exc.DatabaseError as exc:
-            raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
-        finally:
-            engine.dispose()
+    _look(url, _known)
 
 
 def check(conn: Connection, url: URL) -> str:
@@ -87,12 +80,16 @@ def check(conn: Connection, url: URL) -> str:
 
 def check_database(db: str | os.PathLike[str] | URL) -> None:
     """Open the database read-only just long enough to check it; create nothing."""
-    url = dbmod.to_url(db)
+    _look(dbmod.to_url(db), check)
+
+
+def _look(url: URL, judge: Callable[[Connection, URL], object]) -> None:
+    """Run `judge` in one read-only transaction, leaving the file exactly as found."""
     with dbmod.as_found(url):
         engine = dbmod.engine(url, "read")
         try:
             with engine.connect() as conn, dbmod.read(conn):
-                check(conn, url)
+                judge(conn, url)
         except sa.exc.DatabaseError as exc:
             raise DatabaseError(f"{_name(url)}: {describe(exc)}") from exc
         finally:
