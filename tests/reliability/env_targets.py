@@ -184,8 +184,20 @@ def _write(path: str, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _sleep_around_libfaketime() -> None:
+    """libfaketime 0.9.10 with FAKETIME_DONT_FAKE_MONOTONIC fails clock_nanosleep with an
+    absolute deadline (EINVAL), which is how CPython's time.sleep waits: a fault of the tool,
+    not of a jumped clock (a real jump never touches CLOCK_MONOTONIC). Under it, time.sleep
+    waits on an Event instead (pthread_cond_timedwait, which libfaketime handles)."""
+    if "faketime" not in os.environ.get("LD_PRELOAD", ""):
+        return
+    waiter = threading.Event()
+    time.sleep = lambda seconds: (waiter.wait(seconds), None)[1]
+
+
 def main(argv: list[str]) -> None:
     name, kwargs = argv[0], json.loads(argv[1])
+    _sleep_around_libfaketime()
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
