@@ -320,21 +320,12 @@ def held(outcome) -> None:  # type: ignore[no-untyped-def]
     assert outcome.held, outcome.problems
 
 
-def test_14_disk_full() -> None:
-    held(env_scenarios.disk_full(workers=4, episodes=1, full_seconds=4.0, interval=0.5))
+CI = {f.__name__: ci for f, ci, _soak in env_scenarios.SCENARIOS}
 
 
-def test_15_io_errors() -> None:
-    held(env_scenarios.io_errors(workers=3, seconds=4.0, probability=0.03, interval=0.5))
-
-
-def test_13_wall_clock_jumps() -> None:
-    held(env_scenarios.clock_jumps(workers=3, phase_seconds=1.0, interval=0.25))
-
-
-def test_4_long_readers() -> None:
-    held(env_scenarios.long_reader(workers=6, hold=3.0, baseline=1.5, interval=0.5))
-
-
-def test_5_contention() -> None:
-    held(env_scenarios.contention(writers=16, hz=50.0, seconds=10.0, interval=0.5))
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "scenario", [f for f, _ci, _soak in env_scenarios.SCENARIOS], ids=lambda f: f.__name__
+)
+def test_scenario(scenario, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    held(scenario(tmp_path, **CI[scenario.__name__]))
