@@ -199,7 +199,10 @@ class Heartbeat:
                 deadline = now + wait if deadline is None else deadline
                 if now + delay > deadline:
                     raise
-                time.sleep(delay)
+                try:
+                    time.sleep(delay)
+                except OSError:
+                    raise exc from None  # a sleep that fails (seen under libfaketime): give up
                 delay = min(delay * 2, 0.002)
 
 
