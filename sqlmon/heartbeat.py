@@ -11,6 +11,7 @@ import enum
 import logging
 import os
 import socket
+import sqlite3
 import time
 import weakref
 from collections.abc import Iterator
@@ -74,7 +75,13 @@ class Heartbeat:
         self._category_since = 0.0
         self._sql = ""
         # A file gone or replaced since the check is as much a dropped beat as a locked one.
-        self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, SqlmonError)
+        # sqlite3.Error from the start: opening runs the connection's PRAGMAs, whose errors
+        # (a busy WAL index while 16 workers start at once) SQLAlchemy passes on unwrapped.
+        self._errors: tuple[type[BaseException], ...] = (
+            sa.exc.SQLAlchemyError,
+            SqlmonError,
+            sqlite3.Error,
+        )
         self._category: Any = _UNSET
         self._last_write = -float("inf")
         self._last_log = -float("inf")
