@@ -32,6 +32,7 @@ _BUSY = {
     "worker": 0.0,  # the heartbeat waits for the lock itself, in finer steps than SQLite's
     "read": config.READ_BUSY_TIMEOUT,
 }
+_CONNECT_BUSY_MS = int(config.WORKER_BUSY_TIMEOUT * 1000)  # for a new connection's PRAGMAs
 _AUTOCHECKPOINT = {
     "admin": config.SCHEDULER_AUTOCHECKPOINT_PAGES,
     "scheduler": config.SCHEDULER_AUTOCHECKPOINT_PAGES,
@@ -128,7 +129,9 @@ def _configure_sqlite(eng: Engine, role: Role) -> None:
         dbapi_connection.isolation_level = None
         cur = dbapi_connection.cursor()
         try:
-            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            # The PRAGMAs below may meet a busy WAL index (many processes opening at once):
+            # they wait as long as a beat would; the role's own timeout is set last.
+            cur.execute(f"PRAGMA busy_timeout = {max(busy_ms, _CONNECT_BUSY_MS)}")
             if role == "read":
                 cur.execute("PRAGMA query_only = 1")
                 return
@@ -148,6 +151,8 @@ def _configure_sqlite(eng: Engine, role: Role) -> None:
             cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT[role]}")
             cur.execute(f"PRAGMA journal_size_limit = {config.JOURNAL_SIZE_LIMIT_BYTES}")
+            if busy_ms < _CONNECT_BUSY_MS:
+                cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
         finally:
             cur.close()
 
