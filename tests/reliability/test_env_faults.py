@@ -329,3 +329,29 @@ CI = {f.__name__: ci for f, ci, _soak in env_scenarios.SCENARIOS}
 )
 def test_scenario(scenario, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     held(scenario(tmp_path, **CI[scenario.__name__]))
+
+
+def test_sixteen_workers_opening_at_once_never_raise(tmp_path: Path) -> None:
+    """Found by scenario 5 at soak scale: a new connection's PRAGMAs met a busy WAL index and
+    the driver's error escaped the Heartbeat, raising into a worker's loop."""
+    failed = 0
+    for rnd in range(5):
+        db = str(tmp_path / f"{rnd}.db")
+        init_db(db)
+        children = []
+        for i in range(16):
+            pid = os.fork()
+            if pid == 0:  # the child: never returns into pytest
+                code = 0
+                try:
+                    hb = Heartbeat(db, f"w{i}", "cpu", min_interval=0.0)
+                    for n in range(20):
+                        hb.beat("OCR" if n % 2 else None)
+                    hb.close()
+                except BaseException:  # noqa: BLE001 (the exit code tells the parent)
+                    code = 1
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        failed += sum(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) != 0 for p in children)
+    assert failed == 0
