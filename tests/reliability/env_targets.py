@@ -60,7 +60,7 @@ def worker(
 
     result: dict[str, Any] = {"worker": worker_id, "pid": os.getpid(), "raised": None}
     latencies: list[float] = []
-    timed: list[tuple[float, float]] = []
+    timed: list[tuple[float, float, int]] = []
     hb = None
     try:
         hb = Heartbeat(db, worker_id, "cpu", min_interval=0.0)
@@ -70,10 +70,10 @@ def worker(
             holding = category
             if switch_every and (beats // switch_every) % 2:
                 holding = None
-            t0 = time.perf_counter()
+            t0, missed = time.perf_counter(), hb.missed
             hb.beat(holding)
             latencies.append(time.perf_counter() - t0)
-            timed.append((time.monotonic(), latencies[-1]))
+            timed.append((time.monotonic(), latencies[-1], hb.missed - missed))
             beats += 1
             _pause(every)
         hb.close()
