@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import db as dbmod
+from . import flags
 from .heartbeat import Heartbeat
 from .idle import wait_idle
 from .migrate import init_db
@@ -136,7 +137,7 @@ def worker_main(
                 task = claim(conn, worker_id, pool)
                 if task is None:
                     hb.beat(None)
-                    terminate.wait(0.05)
+                    flags.wait(terminate, 0.05)
                     continue
                 task_id, category, payload = task
                 with hb.busy(category):
@@ -145,7 +146,7 @@ def worker_main(
                         time.sleep(hang)
                         hang = 0.0
                     work = WORK_SECONDS[category] * length * rng.uniform(0.5, 1.5)
-                    terminate.wait(work)
+                    flags.wait(terminate, work)
                     complete(conn, task_id, category, payload)
     finally:
         hb.close()

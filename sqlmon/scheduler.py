@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import config, history, hud
+from . import config, flags, history, hud
 from . import db as dbmod
 from .backlog import TaskTable
 from .errors import ConfigError, SqlmonError
@@ -152,7 +152,7 @@ class Scheduler(multiprocessing.Process):
 
     def _wait(self, seconds: float) -> None:
         if self.terminate_event is not None:
-            self.terminate_event.wait(seconds)  # wakes at once when terminate is set
+            flags.wait(self.terminate_event, seconds)  # wakes at once when terminate is set
         else:
             time.sleep(seconds)
 

@@ -272,3 +272,18 @@ def test_demo_pipeline_helpers_claim_atomically(db: str) -> None:
     assert sql(db, "SELECT category, status FROM tasks ORDER BY id") == [
         ("OCR", "done"), ("PLATE_SMOOTH", "pending")
     ]
+
+
+def test_terminate_can_be_set_after_the_scheduler_was_killed_while_waiting(db: str) -> None:
+    import threading
+
+    s, stop, terminate = _start(db, "fork")
+    _wait_for(lambda: _cycles(db) >= 3)  # from here on it spends most of its time waiting
+    os.kill(s.pid, signal.SIGKILL)
+    s.join(10)
+    # multiprocessing.Event.wait would have left a sleeper that set() waits for, for ever.
+    setter = threading.Thread(target=terminate.set, daemon=True)
+    setter.start()
+    setter.join(10)
+    assert not setter.is_alive(), "terminate.set() hangs after the scheduler was killed"
+    assert terminate.is_set()
