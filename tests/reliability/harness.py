@@ -313,6 +313,35 @@ def active_tasks(tasks_db: str) -> int:
 # -- processes ----------------------------------------------------------------------------
 
 
+class Flag:
+    """An Event for processes that may be SIGKILLed: a byte of shared memory, no lock. A
+    multiprocessing.Event is a Condition on a lock: a process killed while inside is_set() or
+    wait() leaves it held or miscounted, and the next set() blocks forever."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._v = multiprocessing.get_context("fork").RawValue("b", 0)
+
+    def set(self) -> None:
+        self._v.value = 1
+
+    def clear(self) -> None:
+        self._v.value = 0
+
+    def is_set(self) -> bool:
+        return bool(self._v.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._v.value:
+            left = 0.005 if deadline is None else min(0.005, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            time.sleep(left)
+        return True
+
+
 def kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
     try:
         os.kill(pid, sig)

@@ -17,8 +17,8 @@ from sqlmon.errors import DatabaseMissing, NotInitialised
 
 from .harness import Truth, TruthWriter
 
-# Pacing uses time.sleep and stop.is_set(): a multiprocessing Event waited on by many
-# processes with timeouts returns early at times, which would make the workers beat too fast.
+# `stop`, `go` and `stuck` are harness.Flag objects (shared bytes, no lock): safe to read in
+# processes that the scenarios SIGKILL.
 _CLAIM = (
     "UPDATE tasks SET status = 'running', worker_id = ?, started_at = ? WHERE id ="
     " (SELECT id FROM tasks WHERE status = 'pending' AND pool = ? ORDER BY id LIMIT 1)"
@@ -222,7 +222,7 @@ def storm_scheduler(db: str, truth_dir: str, go: Any, terminate: Any, kwargs: di
                 break
             except (DatabaseMissing, NotInitialised):
                 time.sleep(0.005)
-        w.write("built")
+        w.write("scheduler built")
         s.run()
     except BaseException:
         w.write("error", who="scheduler", tb=traceback.format_exc())
