@@ -223,7 +223,9 @@ def false_idles(path: str, activity: Activity, clock: Clock, idle_confirm: int) 
         start = clock.mono(s.ts)
         end = start + s.cycle_seconds
         if activity.covers(start - eps, end + eps):
-            wrong.append(f"run {s.run_id} cycle {s.cycle}: idle while a task lived through its read")
+            wrong.append(
+                f"run {s.run_id} cycle {s.cycle}: idle while a task lived through its read"
+            )
             continue
         first = by_cycle.get((s.run_id, s.cycle - idle_confirm + 1))
         if first is not None and first is not s:
@@ -250,7 +252,10 @@ def events(path: str, worker_id: str | None = None) -> list[dict[str, Any]]:
 
 def worker_errors(truth: Truth) -> list[str]:
     """Every exception a worker process raised (their targets record it before re-raising)."""
-    return [f"{r.get('who', r['pid'])}: {r['tb'].strip().splitlines()[-1]}" for r in truth.records("error")]
+    return [
+        f"{r.get('who', r['pid'])}: {r['tb'].strip().splitlines()[-1]}"
+        for r in truth.records("error")
+    ]
 
 
 # -- the pipeline's own task table (not sqlmon's code) -------------------------------------
@@ -432,7 +437,11 @@ def render(outcomes: list[Outcome], seconds: float) -> str:
             o.scenario,
             _fmt(o.tried),
             _fmt(o.figures),
-            "skipped: " + o.skipped if o.skipped else "yes" if o.held else "NO: " + "; ".join(o.problems[:3]),
+            "skipped: " + o.skipped
+            if o.skipped
+            else "yes"
+            if o.held
+            else "NO: " + "; ".join(o.problems[:3]),
         ]
         for o in outcomes
     ]

@@ -142,7 +142,10 @@ def kill_storm(
     for k in range(kills):
         if deadline is not None and time.monotonic() > deadline:
             break
-        if sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0] < 4 * workers:
+        if (
+            sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0]
+            < 4 * workers
+        ):
             enqueue(rig.tasks_db, rig.driver, 10 * workers, depth=3)
         s = rig.scheduler(interval=interval, stale_after=10.0)
         s.start()
@@ -185,8 +188,12 @@ def kill_storm(
     out.expect(idle, "no idle verdict after the pipeline drained")
     final.close("terminate")
     stopped = stop_all(procs, stop)
-    unended = sql(rig.db, "SELECT count(*) FROM runs WHERE ended_at IS NULL AND run_id != ?", (run_id,))
-    out.expect(unended[0][0] == len(killed_runs), f"{unended[0][0]} open runs, {len(killed_runs)} killed")
+    unended = sql(
+        rig.db, "SELECT count(*) FROM runs WHERE ended_at IS NULL AND run_id != ?", (run_id,)
+    )
+    out.expect(
+        unended[0][0] == len(killed_runs), f"{unended[0][0]} open runs, {len(killed_runs)} killed"
+    )
     rig.finish(out, procs)
     out.problems += stopped
     out.problems += false_idles(rig.db, Activity.from_truth(rig.truth), rig.clock, 2)
@@ -255,13 +262,16 @@ def worker_kills(
                 cycle()
                 if sql(
                     rig.db,
-                    "SELECT 1 FROM worker_events WHERE worker_id = ? AND event = 'dead' AND pid = ?",
+                    "SELECT 1 FROM worker_events"
+                    " WHERE worker_id = ? AND event = 'dead' AND pid = ?",
                     (wid, old),
                 ):
                     worst = max(worst, c)
                     break
             else:
-                out.problems.append(f"kill {k + 1}: {wid} (pid {old}) not reported dead in 3 cycles")
+                out.problems.append(
+                    f"kill {k + 1}: {wid} (pid {old}) not reported dead in 3 cycles"
+                )
         else:
             unseen += 1  # killed before its first beat: the row still named the older process
         if k % 2 == 1:  # restarted after the scheduler reported the death
@@ -269,8 +279,9 @@ def worker_kills(
             every.append(p)
         restarts.append((wid, old, p.pid))
         wait_for(
-            lambda w=wid, q=p: sql(rig.db, "SELECT pid FROM worker_status WHERE worker_id = ?", (w,))
-            == [(q.pid,)],
+            lambda w=wid, q=p: (
+                sql(rig.db, "SELECT pid FROM worker_status WHERE worker_id = ?", (w,)) == [(q.pid,)]
+            ),
             GUARD,
         )
         cycle()
@@ -294,8 +305,16 @@ def worker_kills(
         )
 
     # Drain: the orphaned tasks alone keep the system not idle.
-    wait_for(lambda: sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0] == 0, GUARD)
-    wait_for(lambda: sql(rig.db, "SELECT count(*) FROM worker_status WHERE category IS NOT NULL")[0][0] == 0, GUARD)
+    wait_for(
+        lambda: sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0] == 0,
+        GUARD,
+    )
+    wait_for(
+        lambda: (
+            sql(rig.db, "SELECT count(*) FROM worker_status WHERE category IS NOT NULL")[0][0] == 0
+        ),
+        GUARD,
+    )
     if orphans:
         for _ in range(4):
             c = cycle()
@@ -326,7 +345,8 @@ def worker_kills(
     # Nothing of an old row leaks: each last incarnation's beats are exactly its own writes.
     for summ in rig.summaries():
         row = sql(
-            rig.db, "SELECT pid, beats, category, exited_at FROM worker_status WHERE worker_id = ?",
+            rig.db,
+            "SELECT pid, beats, category, exited_at FROM worker_status WHERE worker_id = ?",
             (summ["who"],),
         )[0]
         if row[0] != summ["pid"]:
@@ -378,8 +398,10 @@ def lock_holders(
     out = Outcome("3 write lock held: scheduler paused, sqlite3 shell")
     stop, term = Flag(), Flag()
     enqueue(rig.tasks_db, rig.driver, 6000)
-    procs = [rig.worker(f"w{i}", stop, beat_every=0.02, work=0.02, min_interval=0.5)
-             for i in range(workers)]
+    procs = [
+        rig.worker(f"w{i}", stop, beat_every=0.02, work=0.02, min_interval=0.5)
+        for i in range(workers)
+    ]
     s = rig.scheduler(interval=interval, stale_after=0.5, warn_after=0.5, terminate=term)
     s.start()
     wait_for(lambda: len(snapshots(rig.db)) >= 10, GUARD)
@@ -466,7 +488,9 @@ def lock_holders(
     )[0][0]
     # The first write after the hold counts the cycles it skipped; that cycle began during it.
     held_from = rig.clock.samples[0] + t2
-    out.figures["writes skipped"] = max((x.writes_skipped for x in snaps if x.ts > held_from), default=0)
+    out.figures["writes skipped"] = max(
+        (x.writes_skipped for x in snaps if x.ts > held_from), default=0
+    )
     out.expect(out.figures["writes skipped"] > 0, "the scheduler did not count its skipped writes")
     out.expect(not any(x.idle for x in snaps), "an idle verdict while tasks were pending")
     return out
@@ -476,13 +500,19 @@ def lock_holders(
 
 
 def fork_safety(
-    tmp: Path, *, fork: int = 180, spawn: int = 6, forkserver: int = 14, beats: int = 5,
+    tmp: Path,
+    *,
+    fork: int = 180,
+    spawn: int = 6,
+    forkserver: int = 14,
+    beats: int = 5,
     parallel: int = 4,
 ) -> Outcome:
     """Heartbeats built and used in the parent, then handed to children under fork, spawn and
     forkserver (a spawned child costs a fresh interpreter importing SQLAlchemy, ~2 s of CPU, so
-    CI runs few of them; the soak many). Each child's row must carry the child's pid and exactly its own writes (its
-    beats went through a connection it opened), and the parent's own heartbeat must lose
+    CI runs few of them; the soak many). Each child's row must carry the child's pid and
+    exactly its own writes (its beats went through a connection it opened), and the parent's
+    own heartbeat must lose
     nothing (no child used or closed the parent's connection)."""
     rig = Rig.make(tmp)
     out = Outcome("6 fork safety")
@@ -498,7 +528,9 @@ def fork_safety(
             hb = Heartbeat(rig.db, f"child-{i}", "cpu", min_interval=0.0)
             hb.beat("parent-side")  # the parent opens a connection first: the dangerous case
             p = multiprocessing.get_context(method).Process(
-                target=targets.use_inherited, args=(hb, beats, str(rig.truth.dir)), name=f"child-{i}"
+                target=targets.use_inherited,
+                args=(hb, beats, str(rig.truth.dir)),
+                name=f"child-{i}",
             )
             p.start()
             batch.append((hb, p, method))
@@ -507,8 +539,11 @@ def fork_safety(
         for hb, p, method in batch:
             p.join(GUARD)
             out.expect(p.exitcode == 0, f"{p.name} ({method}) exited with {p.exitcode}")
-            row = sql(rig.db, "SELECT pid, beats, exited_at FROM worker_status WHERE worker_id = ?",
-                      (hb.worker_id,))
+            row = sql(
+                rig.db,
+                "SELECT pid, beats, exited_at FROM worker_status WHERE worker_id = ?",
+                (hb.worker_id,),
+            )
             expected = [(p.pid, beats + 1)]
             out.expect(
                 [r[:2] for r in row] == expected and row[0][2] is not None,
@@ -550,8 +585,10 @@ def startup_storm(tmp: Path, *, storms: int = 3, workers: int = 32, inits: int =
             FORK.Process(target=targets.storm_worker, args=(db, f"w{i}", str(truth.dir), go, stop))
             for i in range(workers)
         ]
-        procs += [FORK.Process(target=targets.storm_init, args=(db, str(truth.dir), go))
-                  for _ in range(inits)]
+        procs += [
+            FORK.Process(target=targets.storm_init, args=(db, str(truth.dir), go))
+            for _ in range(inits)
+        ]
         procs.append(
             FORK.Process(
                 target=targets.storm_scheduler,
@@ -564,7 +601,10 @@ def startup_storm(tmp: Path, *, storms: int = 3, workers: int = 32, inits: int =
 
         def joined(path: str = db) -> bool:
             try:
-                got = sql(path, "SELECT count(DISTINCT worker_id) FROM worker_events WHERE event = 'joined'")
+                got = sql(
+                    path,
+                    "SELECT count(DISTINCT worker_id) FROM worker_events WHERE event = 'joined'",
+                )
             except sqlite3.Error:
                 return False
             return got[0][0] == workers
@@ -574,11 +614,17 @@ def startup_storm(tmp: Path, *, storms: int = 3, workers: int = 32, inits: int =
         stop.set()
         out.problems += stop_all(procs, term)
         out.problems += [f"storm {n}: {e}" for e in worker_errors(truth)]
-        out.expect(all(p.exitcode == 0 for p in procs), f"storm {n}: exit codes {[p.exitcode for p in procs]}")
+        out.expect(
+            all(p.exitcode == 0 for p in procs),
+            f"storm {n}: exit codes {[p.exitcode for p in procs]}",
+        )
         out.expect(len(truth.records("init")) == inits, f"storm {n}: not every init_db returned")
-        out.expect(sql(db, "SELECT count(*) FROM sqlmon_alembic_version")[0][0] == 1 if
-                   sql(db, "SELECT 1 FROM sqlite_master WHERE name = 'sqlmon_alembic_version'")
-                   else False, f"storm {n}: the version table is not one row")
+        out.expect(
+            sql(db, "SELECT count(*) FROM sqlmon_alembic_version")[0][0] == 1
+            if sql(db, "SELECT 1 FROM sqlite_master WHERE name = 'sqlmon_alembic_version'")
+            else False,
+            f"storm {n}: the version table is not one row",
+        )
         out.expect(sql(db, "PRAGMA journal_mode") == [("wal",)], f"storm {n}: WAL is off")
         with open(db, "rb") as f:
             header = f.read(20)
@@ -623,18 +669,26 @@ def idle_race(
         naive.start()
         since = time.time()
         enqueue(rig.tasks_db, rig.driver, chains, depth=depth)
-        procs = [rig.worker(f"w{i}", stop, beat_every=0.01, claim_pause=pause, done_pause=pause)
-                 for i in range(workers)]
+        procs = [
+            rig.worker(f"w{i}", stop, beat_every=0.01, claim_pause=pause, done_pause=pause)
+            for i in range(workers)
+        ]
         idle = wait_idle(rig.db, timeout=GUARD, since=since)
         returned = time.monotonic()
         out.expect(idle, f"interval {interval}: wait_idle timed out")
-        left = sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running')")
-        out.expect(left == [(0,)], f"interval {interval}: wait_idle returned with {left[0][0]} tasks left")
+        left = sql(
+            rig.tasks_db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running')"
+        )
+        out.expect(
+            left == [(0,)], f"interval {interval}: wait_idle returned with {left[0][0]} tasks left"
+        )
         stop.set()
         rig.finish(out, [*procs, naive, s], term)
         activity = Activity.from_truth(rig.truth)
         out.expect(activity.last_end <= returned, f"interval {interval}: wait_idle returned early")
-        out.problems += [f"interval {interval}: {p}" for p in false_idles(rig.db, activity, rig.clock, 2)]
+        out.problems += [
+            f"interval {interval}: {p}" for p in false_idles(rig.db, activity, rig.clock, 2)
+        ]
         eps = rig.clock.error
         naive = rig.truth.records("naive")
         wrong = sum(1 for r in naive if activity.covers(r["t"] - eps, r["t1"] + eps))
@@ -642,9 +696,17 @@ def idle_race(
         naive_total += len(naive)
         naive_false += wrong
         verdicts += len(snapshots(rig.db))
-    out.tried = {"tasks": len(intervals) * chains * (depth + 1), "scheduler intervals": len(intervals)}
-    out.figures.update({"scheduler verdicts": verdicts, "naive idles": naive_total,
-                        "naive false idles": naive_false})
+    out.tried = {
+        "tasks": len(intervals) * chains * (depth + 1),
+        "scheduler intervals": len(intervals),
+    }
+    out.figures.update(
+        {
+            "scheduler verdicts": verdicts,
+            "naive idles": naive_total,
+            "naive false idles": naive_false,
+        }
+    )
     return out
 
 
@@ -665,8 +727,10 @@ def stale_idle_row(tmp: Path, *, repeats: int = 3, interval: float = 0.1) -> Out
         since = time.time()
         enqueue(rig.tasks_db, rig.driver, 1)
         # Asked about the time since the enqueue, the idle row cannot say idle, dead or alive.
-        checks = {"is_idle(since)": is_idle(rig.db, since=since),
-                  "wait_idle()": wait_idle(rig.db, timeout=3 * interval)}
+        checks = {
+            "is_idle(since)": is_idle(rig.db, since=since),
+            "wait_idle()": wait_idle(rig.db, timeout=3 * interval),
+        }
         kill(s.pid)
         os.waitid(os.P_PID, s.pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped: a zombie
         checks["is_idle() zombie"] = is_idle(rig.db)
@@ -679,8 +743,16 @@ def stale_idle_row(tmp: Path, *, repeats: int = 3, interval: float = 0.1) -> Out
         s2 = rig.scheduler(interval=interval, terminate=term)
         s2.start()
         run = wait_for(
-            lambda p=s2.pid: sql(rig.db, "SELECT count(*) FROM snapshots JOIN runs USING (run_id)"
-                                 " WHERE runs.pid = ?", (p,))[0][0] >= 4, GUARD)
+            lambda p=s2.pid: (
+                sql(
+                    rig.db,
+                    "SELECT count(*) FROM snapshots JOIN runs USING (run_id) WHERE runs.pid = ?",
+                    (p,),
+                )[0][0]
+                >= 4
+            ),
+            GUARD,
+        )
         out.expect(run, f"repeat {r}: the restarted scheduler wrote no cycles")
         state = sql(rig.db, "SELECT idle, not_idle_reason FROM scheduler_state")[0]
         out.expect(state[0] == 0 and "pending" in (state[1] or ""), f"repeat {r}: state {state}")
@@ -716,7 +788,15 @@ def flapping(tmp: Path, *, seconds: float = 6.0, interval: float = 0.1, seed: in
         enqueue(rig.tasks_db, rig.driver, 1)
         arrivals.append(time.monotonic())
         time.sleep(rng.uniform(0.2, 0.6) * interval)
-    wait_for(lambda: sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running')")[0][0] == 0, GUARD)
+    wait_for(
+        lambda: (
+            sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'running')")[
+                0
+            ][0]
+            == 0
+        ),
+        GUARD,
+    )
     quiet = time.monotonic()
     wait_for(lambda: any(x.idle and x.ts > rig.wall(quiet) for x in snapshots(rig.db)), GUARD)
     stop.set()
@@ -753,12 +833,16 @@ def paused_workers(
     rig = Rig.make(tmp)
     out = Outcome("11 starved or paused workers")
     stop, term, stuck, never = Flag(), Flag(), Flag(), Flag()
-    s = rig.scheduler(interval=interval, stale_after=stale_after, warn_after=stale_after,
-                      terminate=term)
+    s = rig.scheduler(
+        interval=interval, stale_after=stale_after, warn_after=stale_after, terminate=term
+    )
     s.start()
     procs = [
-        FORK.Process(target=targets.beating_worker,
-                     args=(rig.db, wid, str(rig.truth.dir), stop, 0.02, ev, pause), name=wid)
+        FORK.Process(
+            target=targets.beating_worker,
+            args=(rig.db, wid, str(rig.truth.dir), stop, 0.02, ev, pause),
+            name=wid,
+        )
         for wid, ev in (("stopped", never), ("gil", stuck))
     ]
     for p in procs:
@@ -770,7 +854,12 @@ def paused_workers(
     time.sleep(pause)
     t_cont = time.monotonic()
     kill(procs[0].pid, signal.SIGCONT)
-    wait_for(lambda: sql(rig.db, "SELECT count(*) FROM worker_events WHERE event = 'recovered'")[0][0] >= 2, GUARD)
+    wait_for(
+        lambda: (
+            sql(rig.db, "SELECT count(*) FROM worker_events WHERE event = 'recovered'")[0][0] >= 2
+        ),
+        GUARD,
+    )
     time.sleep(3 * interval)
     stop.set()
     rig.finish(out, [*procs, s], term)
@@ -795,16 +884,21 @@ def paused_workers(
             out.problems.append(f"{p.name}: {len(stale)} stale and {len(rec)} recovered events")
             continue
         ts = stale[0]["ts"] - wall
-        out.expect(ts >= last + stale_after - eps, f"{p.name}: stale {ts - last:.2f} s after its last beat")
+        out.expect(
+            ts >= last + stale_after - eps, f"{p.name}: stale {ts - last:.2f} s after its last beat"
+        )
         due = wall + start + stale_after + eps
         late = [x for x in snaps if due < x.ts < stale[0]["ts"]]
         out.expect(len(late) <= 1, f"{p.name}: stale only {len(late) + 1} cycles after it was due")
         reads = [x for x in snaps if x.ts > wall + first + eps]
-        out.expect(bool(reads) and rec[0]["ts"] <= reads[0].ts,
-                   f"{p.name}: not recovered by the first cycle after its beats resumed")
+        out.expect(
+            bool(reads) and rec[0]["ts"] <= reads[0].ts,
+            f"{p.name}: not recovered by the first cycle after its beats resumed",
+        )
         out.figures[f"{p.name}: stale after s"] = round(ts - last, 2)
         out.figures[f"{p.name}: cycles to recovered"] = sum(
-            1 for x in snaps if wall + first < x.ts <= rec[0]["ts"])
+            1 for x in snaps if wall + first < x.ts <= rec[0]["ts"]
+        )
     out.tried = {"SIGSTOP s": pause, "GIL held s": pause}
     return out
 
@@ -845,10 +939,19 @@ def pid_reuse(tmp: Path, *, repeats: int = 3, interval: float = 0.05) -> Outcome
     for r in range(repeats):
         stop, never = Flag(), Flag()
         wid = f"w{r}"
-        w = FORK.Process(target=targets.beating_worker,
-                         args=(rig.db, wid, str(rig.truth.dir), stop, 0.02, never, 0.0), name=wid)
+        w = FORK.Process(
+            target=targets.beating_worker,
+            args=(rig.db, wid, str(rig.truth.dir), stop, 0.02, never, 0.0),
+            name=wid,
+        )
         w.start()
-        wait_for(lambda q=w: sql(rig.db, "SELECT pid FROM worker_status WHERE worker_id = ?", (q.name,)) == [(q.pid,)], GUARD)
+        wait_for(
+            lambda q=w: (
+                sql(rig.db, "SELECT pid FROM worker_status WHERE worker_id = ?", (q.name,))
+                == [(q.pid,)]
+            ),
+            GUARD,
+        )
         for _ in range(3):
             time.sleep(interval)
             s.step()
@@ -863,11 +966,17 @@ def pid_reuse(tmp: Path, *, repeats: int = 3, interval: float = 0.05) -> Outcome
         for c in range(1, 4):
             time.sleep(interval)
             s.step()
-            if sql(rig.db, "SELECT 1 FROM worker_events WHERE worker_id = ? AND event = 'dead'", (wid,)):
+            if sql(
+                rig.db, "SELECT 1 FROM worker_events WHERE worker_id = ? AND event = 'dead'", (wid,)
+            ):
                 cycles = c
                 break
-        out.expect(0 < cycles <= 2, f"repeat {r}: pid {w.pid} reused, dead after {cycles or 'no'} cycles")
-        out.figures["cycles to dead (worst)"] = max(out.figures.get("cycles to dead (worst)", 0), cycles)
+        out.expect(
+            0 < cycles <= 2, f"repeat {r}: pid {w.pid} reused, dead after {cycles or 'no'} cycles"
+        )
+        out.figures["cycles to dead (worst)"] = max(
+            out.figures.get("cycles to dead (worst)", 0), cycles
+        )
         other.kill()
         other.join()
     s.close("terminate")
@@ -880,14 +989,13 @@ def pid_reuse(tmp: Path, *, repeats: int = 3, interval: float = 0.05) -> Outcome
 # (scenario, CI counts, soak counts). The soak scales the kill storm by its time budget.
 SCENARIOS: list[tuple[Any, dict[str, Any], dict[str, Any]]] = [
     (kill_storm, {"kills": 50}, {"kills": 2000}),
-    (worker_kills, {"kills": 20}, {"kills": 300}),
+    (worker_kills, {"kills": 20}, {"kills": 150}),
     (lock_holders, {"pause": 2.0, "hold": 2.0}, {"pause": 10.0, "hold": 30.0}),
-    (fork_safety, {}, {"fork": 1000, "spawn": 300, "forkserver": 300}),
-    (startup_storm, {"storms": 3}, {"storms": 30}),
-    (idle_race, {}, {"intervals": (0.001, 1.0), "chains": 8, "depth": 200}),
-    (stale_idle_row, {"repeats": 3}, {"repeats": 30}),
-    (flapping, {"seconds": 6.0, "interval": 0.1}, {"seconds": 300.0, "interval": 1.0}),
+    (fork_safety, {}, {"fork": 500, "spawn": 20, "forkserver": 100}),
+    (startup_storm, {"storms": 3}, {"storms": 10}),
+    (idle_race, {}, {"intervals": (0.001, 1.0), "chains": 8, "depth": 100}),
+    (stale_idle_row, {"repeats": 3}, {"repeats": 20}),
+    (flapping, {"seconds": 6.0, "interval": 0.1}, {"seconds": 90.0, "interval": 1.0}),
     (paused_workers, {}, {"pause": 10.0, "interval": 1.0, "stale_after": 3.0}),
-    (pid_reuse, {"repeats": 3}, {"repeats": 50}),
+    (pid_reuse, {"repeats": 3}, {"repeats": 30}),
 ]
-

@@ -241,7 +241,8 @@ def naive_idle_checker(db: str, tasks_db: str, truth_dir: str, stop: Any) -> Non
             pending = tconn.execute("SELECT count(*) FROM tasks WHERE status = 'pending'")
             pending = pending.fetchone()[0]
             busy = wconn.execute(
-                "SELECT count(*) FROM worker_status WHERE category IS NOT NULL AND exited_at IS NULL"
+                "SELECT count(*) FROM worker_status"
+                " WHERE category IS NOT NULL AND exited_at IS NULL"
             ).fetchone()[0]
             t1 = time.monotonic()
             if pending == 0 and busy == 0:
