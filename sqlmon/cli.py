@@ -74,7 +74,10 @@ def run(
     _logging()
     try:
         scheduler = Scheduler(
-            db, interval=interval, stale_after=stale_after, warn_after=warn_after,
+            db,
+            interval=interval,
+            stale_after=stale_after,
+            warn_after=warn_after,
             idle_confirm=idle_confirm,
         )
     except SqlmonError as exc:
@@ -159,8 +162,10 @@ RunOpt = Annotated[
 ]
 SinceOpt = Annotated[
     str | None,
-    typer.Option(help="From this moment: a duration before now (10m, 2h) or a local "
-                 "timestamp (2026-11-29 14:05, 14:05)."),
+    typer.Option(
+        help="From this moment: a duration before now (10m, 2h) or a local "
+        "timestamp (2026-11-29 14:05, 14:05)."
+    ),
 ]
 UntilOpt = Annotated[str | None, typer.Option(help="Up to this moment: as --since.")]
 
@@ -230,8 +235,9 @@ def status(db: DbArg, fmt: FormatOpt = "table") -> None:
 def watch(
     db: DbArg,
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between redraws.")] = 1.0,
-    count: Annotated[int, typer.Option(min=0, help="Stop after this many redraws (0: until "
-                                       "Ctrl-C).")] = 0,
+    count: Annotated[
+        int, typer.Option(min=0, help="Stop after this many redraws (0: until Ctrl-C).")
+    ] = 0,
 ) -> None:
     """`status`, redrawn in place every interval until Ctrl-C, while the pipeline runs."""
     from .render import status_text
@@ -277,8 +283,7 @@ def history(
     run: RunOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    limit: Annotated[int, typer.Option(min=0, help="At most this many, the latest (0: all).")]
-    = 50,
+    limit: Annotated[int, typer.Option(min=0, help="At most this many, the latest (0: all).")] = 50,
     fmt: FormatOpt = "table",
 ) -> None:
     """The snapshots of a run, one per scheduler cycle."""
@@ -299,16 +304,19 @@ def events(
     worker: Annotated[str | None, typer.Option(help="Only this worker.")] = None,
     event: Annotated[
         str | None,
-        typer.Option(help="Only this event: joined, busy, idle, category, stale, recovered, "
-                     "dead or exited."),
+        typer.Option(
+            help="Only this event: joined, busy, idle, category, stale, recovered, dead or exited."
+        ),
     ] = None,
     category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
-    run: Annotated[int | None, typer.Option("--run", "-r", help="Only this run (default: all).")]
-    = None,
+    run: Annotated[
+        int | None, typer.Option("--run", "-r", help="Only this run (default: all).")
+    ] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    limit: Annotated[int, typer.Option(min=0, help="At most this many, the latest (0: all).")]
-    = 100,
+    limit: Annotated[
+        int, typer.Option(min=0, help="At most this many, the latest (0: all).")
+    ] = 100,
     fmt: FormatOpt = "table",
 ) -> None:
     """Worker events (the transitions the scheduler saw), oldest first."""
@@ -323,15 +331,24 @@ def events(
         if run is not None:
             _run(conn, run, now)
         with dbmod.read(conn):
-            rows = queries.events(conn, run_id=run, worker=worker, event=event,
-                                  category=category, since=start, until=end, limit=limit)
+            rows = queries.events(
+                conn,
+                run_id=run,
+                worker=worker,
+                event=event,
+                category=category,
+                since=start,
+                until=end,
+                limit=limit,
+            )
     typer.echo(events_text(rows, fmt))
 
 
 def _colour_allowed() -> bool:
     # The conventions of https://no-color.org and of dumb terminals; never into a pipe.
     return (
-        sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        sys.stdout.isatty()
+        and "NO_COLOR" not in os.environ
         and os.environ.get("TERM", "") != "dumb"
     )
 
@@ -340,13 +357,22 @@ def _colour_allowed() -> bool:
 def timeline(
     db: DbArg,
     run: RunOpt = None,
-    width: Annotated[int | None, typer.Option(min=20, help="Characters (default: the "
-                                              "terminal's width).")] = None,
-    colour: Annotated[bool | None, typer.Option("--colour/--no-colour", help="Colour by "
-                      "category (default: when the terminal allows).")] = None,
-    html: Annotated[Path | None, typer.Option(help="Also write one self-contained HTML page "
-                    "(inline SVG) with the chart and the backlog per category over time.")]
-    = None,
+    width: Annotated[
+        int | None, typer.Option(min=20, help="Characters (default: the terminal's width).")
+    ] = None,
+    colour: Annotated[
+        bool | None,
+        typer.Option(
+            "--colour/--no-colour", help="Colour by category (default: when the terminal allows)."
+        ),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write one self-contained HTML page "
+            "(inline SVG) with the chart and the backlog per category over time."
+        ),
+    ] = None,
 ) -> None:
     """Per worker, the busy / idle / stale stretches of a run as a text Gantt chart.
 
@@ -358,8 +384,12 @@ def timeline(
     now = time.time()
     target = None if html is None else html.expanduser().absolute()
     db_path = dbmod.sqlite_path(dbmod.to_url(db))
-    if target is not None and db_path is not None and os.path.exists(target) and \
-            os.path.samefile(target, db_path):
+    if (
+        target is not None
+        and db_path is not None
+        and os.path.exists(target)
+        and os.path.samefile(target, db_path)
+    ):
         fail(f"--html: {target} is the database itself")
     with inspecting(db) as conn:
         chosen = _run(conn, run, now)
@@ -414,8 +444,12 @@ def check(db: DbArg) -> None:
 @app.command()
 def idle(
     db: DbArg,
-    since: Annotated[str | None, typer.Option(help="Only a verdict whose reads all began "
-                     "after this moment (as history --since).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only a verdict whose reads all began after this moment (as history --since)."
+        ),
+    ] = None,
 ) -> None:
     """Exit 0 when the system is idle (sqlmon.is_idle holds), 1 otherwise, saying why not."""
     from .idle import idle_now
@@ -446,8 +480,9 @@ def idle(
 @app.command()
 def prune(
     db: DbArg,
-    older_than: Annotated[str, typer.Option(help="Delete runs last alive longer ago than "
-                          "this: 7d, 12h, 30m.")],
+    older_than: Annotated[
+        str, typer.Option(help="Delete runs last alive longer ago than this: 7d, 12h, 30m.")
+    ],
     dry_run: Annotated[bool, typer.Option(help="Only say what would go.")] = False,
 ) -> None:
     """Delete the history of older runs, in batches; never the current run's.

@@ -68,8 +68,12 @@ def enqueue(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
 def workload(videos: int, frames: int, now: float) -> list[dict[str, Any]]:
     """One VEHICLE_DETECT task per frame of each video; the rest follow as tasks complete."""
     return [
-        {"category": "VEHICLE_DETECT", "pool": GPU, "created_at": now,
-         "payload": f"video-{v + 1}/frame-{f + 1:03d}"}
+        {
+            "category": "VEHICLE_DETECT",
+            "pool": GPU,
+            "created_at": now,
+            "payload": f"video-{v + 1}/frame-{f + 1:03d}",
+        }
         for v in range(videos)
         for f in range(frames)
     ]
@@ -93,7 +97,9 @@ _CLAIM = (
 def claim(conn: sa.Connection, worker_id: str, pool: str) -> tuple[int, str, str] | None:
     """Take the oldest pending task of `pool`, atomically."""
     with dbmod.write(conn):
-        row = conn.execute(_CLAIM, {"b_pool": pool, "b_worker": worker_id, "b_now": time.time()}).first()
+        row = conn.execute(
+            _CLAIM, {"b_pool": pool, "b_worker": worker_id, "b_now": time.time()}
+        ).first()
     return None if row is None else (row[0], row[1], row[2])
 
 
@@ -111,16 +117,18 @@ def complete(conn: sa.Connection, task_id: int, category: str, payload: str) -> 
             active = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(tasks)
-                .where(tasks.c.status.in_(("pending", "running")),
-                       tasks.c.payload.like(f"{video}/%"))
+                .where(
+                    tasks.c.status.in_(("pending", "running")), tasks.c.payload.like(f"{video}/%")
+                )
             ).scalar_one()
             if active:
                 return
             payload = video
         if successor is not None:
             conn.execute(
-                sa.insert(tasks).values(category=successor, pool=POOL[successor],
-                                        created_at=now, payload=payload)
+                sa.insert(tasks).values(
+                    category=successor, pool=POOL[successor], created_at=now, payload=payload
+                )
             )
 
 
@@ -177,8 +185,14 @@ def run(settings: DemoSettings) -> dict[str, Any]:
     workers: list[Any] = [
         ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(settings.db, f"{pool}-{i + 1}", pool, terminate, settings.length,
-                  hang if (pool, i) == (GPU, 0) else 0.0),
+            args=(
+                settings.db,
+                f"{pool}-{i + 1}",
+                pool,
+                terminate,
+                settings.length,
+                hang if (pool, i) == (GPU, 0) else 0.0,
+            ),
             name=f"{pool}-{i + 1}",
         )
         for pool, n in ((GPU, settings.gpu_workers), (CPU, settings.cpu_workers))

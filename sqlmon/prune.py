@@ -58,9 +58,11 @@ def prune(conn: Connection, before: float, batch: int = BATCH) -> Pruned:
     for run_id in targets:
         while True:
             with dbmod.write(conn):
-                ids = list(conn.execute(
-                    sa.select(snapshots.c.id).where(snapshots.c.run_id == run_id).limit(batch)
-                ).scalars())
+                ids = list(
+                    conn.execute(
+                        sa.select(snapshots.c.id).where(snapshots.c.run_id == run_id).limit(batch)
+                    ).scalars()
+                )
                 if ids:
                     n_counts += conn.execute(
                         sa.delete(snapshot_counts).where(snapshot_counts.c.snapshot_id.in_(ids))
@@ -72,11 +74,13 @@ def prune(conn: Connection, before: float, batch: int = BATCH) -> Pruned:
                 break
         while True:
             with dbmod.write(conn):
-                ids = list(conn.execute(
-                    sa.select(worker_events.c.id)
-                    .where(worker_events.c.run_id == run_id)
-                    .limit(batch)
-                ).scalars())
+                ids = list(
+                    conn.execute(
+                        sa.select(worker_events.c.id)
+                        .where(worker_events.c.run_id == run_id)
+                        .limit(batch)
+                    ).scalars()
+                )
                 if ids:
                     n_events += conn.execute(
                         sa.delete(worker_events).where(worker_events.c.id.in_(ids))

@@ -113,14 +113,28 @@ def status(conn: Connection, now: float) -> Status:
     sched = None
     if row is not None:
         sched = SchedulerView(
-            run_id=row.run_id, pid=row.pid, host=row.host, interval=row.interval,
-            heartbeat=row.heartbeat, cycle=row.cycle, idle=bool(row.idle),
-            idle_since=row.idle_since, not_idle_reason=row.not_idle_reason,
-            stop_seen=bool(row.stop_seen), ended_at=row.ended_at, end_reason=row.end_reason,
+            run_id=row.run_id,
+            pid=row.pid,
+            host=row.host,
+            interval=row.interval,
+            heartbeat=row.heartbeat,
+            cycle=row.cycle,
+            idle=bool(row.idle),
+            idle_since=row.idle_since,
+            not_idle_reason=row.not_idle_reason,
+            stop_seen=bool(row.stop_seen),
+            ended_at=row.ended_at,
+            end_reason=row.end_reason,
         )
     snap = conn.execute(
-        sa.select(snapshots.c.id, snapshots.c.run_id, snapshots.c.ts, snapshots.c.cycle,
-                  snapshots.c.workers_stale, snapshots.c.workers_dead)
+        sa.select(
+            snapshots.c.id,
+            snapshots.c.run_id,
+            snapshots.c.ts,
+            snapshots.c.cycle,
+            snapshots.c.workers_stale,
+            snapshots.c.workers_dead,
+        )
         .order_by(snapshots.c.id.desc())
         .limit(1)
     ).first()
@@ -135,40 +149,54 @@ def status(conn: Connection, now: float) -> Status:
         e = worker_events.c
         for w in rows:
             if w.exited_at is None:
-                finding[w.worker_id] = conn.execute(
-                    sa.select(e.event)
-                    .where(e.worker_id == w.worker_id,
-                           e.event.in_(("joined", "stale", "recovered", "dead", "exited")))
-                    .order_by(e.id.desc())
-                    .limit(1)
-                ).scalar() or ""
+                finding[w.worker_id] = (
+                    conn.execute(
+                        sa.select(e.event)
+                        .where(
+                            e.worker_id == w.worker_id,
+                            e.event.in_(("joined", "stale", "recovered", "dead", "exited")),
+                        )
+                        .order_by(e.id.desc())
+                        .limit(1)
+                    ).scalar()
+                    or ""
+                )
     workers = []
     for w in rows:
         seen = finding.get(w.worker_id)
         state = (
-            "exited" if w.exited_at is not None
-            else seen if seen in ("stale", "dead")
-            else "busy" if w.category is not None
+            "exited"
+            if w.exited_at is not None
+            else seen
+            if seen in ("stale", "dead")
+            else "busy"
+            if w.category is not None
             else "idle"
         )
         workers.append(
-            WorkerLine(w.worker_id, w.pool, w.pid, w.host, w.category, w.last_heartbeat, state,
-                       w.beats)
+            WorkerLine(
+                w.worker_id, w.pool, w.pid, w.host, w.category, w.last_heartbeat, state, w.beats
+            )
         )
     backlog = []
     if snap is not None:
         backlog = [
             BacklogLine(*r)
             for r in conn.execute(
-                sa.select(snapshot_counts.c.pool, snapshot_counts.c.category,
-                          snapshot_counts.c.pending, snapshot_counts.c.running,
-                          snapshot_counts.c.busy)
+                sa.select(
+                    snapshot_counts.c.pool,
+                    snapshot_counts.c.category,
+                    snapshot_counts.c.pending,
+                    snapshot_counts.c.running,
+                    snapshot_counts.c.busy,
+                )
                 .where(snapshot_counts.c.snapshot_id == snap.id)
                 .order_by(snapshot_counts.c.pool, snapshot_counts.c.category)
             )
         ]
-    return Status(now, sched, workers, backlog, snap.ts if snap else None,
-                  snap.cycle if snap else None)
+    return Status(
+        now, sched, workers, backlog, snap.ts if snap else None, snap.cycle if snap else None
+    )
 
 
 def health(st: Status) -> tuple[bool, str]:
@@ -223,14 +251,16 @@ class RunLine:
 
 def list_runs(conn: Connection, now: float) -> list[RunLine]:
     seen = (
-        sa.select(snapshots.c.run_id, sa.func.max(snapshots.c.ts).label("last"),
-                  sa.func.count().label("n"))
+        sa.select(
+            snapshots.c.run_id,
+            sa.func.max(snapshots.c.ts).label("last"),
+            sa.func.count().label("n"),
+        )
         .group_by(snapshots.c.run_id)
         .subquery()
     )
     live = conn.execute(
-        sa.select(scheduler_state.c.run_id, scheduler_state.c.heartbeat,
-                  scheduler_state.c.interval)
+        sa.select(scheduler_state.c.run_id, scheduler_state.c.heartbeat, scheduler_state.c.interval)
     ).first()
     out = []
     for r in conn.execute(
@@ -248,8 +278,19 @@ def list_runs(conn: Connection, now: float) -> list[RunLine]:
             state = "running"
         else:
             state = "vanished"
-        out.append(RunLine(r.run_id, r.started_at, r.ended_at, r.end_reason, r.last,
-                           r.n or 0, r.pid, r.host, state))
+        out.append(
+            RunLine(
+                r.run_id,
+                r.started_at,
+                r.ended_at,
+                r.end_reason,
+                r.last,
+                r.n or 0,
+                r.pid,
+                r.host,
+                state,
+            )
+        )
     return out
 
 
@@ -263,9 +304,7 @@ def find_run(conn: Connection, now: float, run_id: int | None = None) -> RunLine
     for r in all_runs:
         if r.run_id == run_id:
             return r
-    raise UnknownRun(
-        f"no run {run_id} (runs here: {all_runs[0].run_id} to {all_runs[-1].run_id})"
-    )
+    raise UnknownRun(f"no run {run_id} (runs here: {all_runs[0].run_id} to {all_runs[-1].run_id})")
 
 
 # -- history and events ---------------------------------------------------------------------
@@ -288,7 +327,11 @@ class SnapshotLine:
 
 
 def history(
-    conn: Connection, run_id: int, *, since: float | None = None, until: float | None = None,
+    conn: Connection,
+    run_id: int,
+    *,
+    since: float | None = None,
+    until: float | None = None,
     limit: int | None = None,
 ) -> list[SnapshotLine]:
     """A run's snapshots in time order; with `limit`, the latest that many."""
@@ -317,15 +360,25 @@ class EventLine:
 
 
 def events(
-    conn: Connection, *, run_id: int | None = None, worker: str | None = None,
-    event: str | None = None, category: str | None = None, since: float | None = None,
-    until: float | None = None, limit: int | None = None,
+    conn: Connection,
+    *,
+    run_id: int | None = None,
+    worker: str | None = None,
+    event: str | None = None,
+    category: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int | None = None,
 ) -> list[EventLine]:
     """Worker events in the order the scheduler recorded them; with `limit`, the latest."""
     e = worker_events.c
     q = sa.select(*(e[f] for f in EventLine.__dataclass_fields__))
-    for column, value in ((e.run_id, run_id), (e.worker_id, worker), (e.event, event),
-                          (e.category, category)):
+    for column, value in (
+        (e.run_id, run_id),
+        (e.worker_id, worker),
+        (e.event, event),
+        (e.category, category),
+    ):
         if value is not None:
             q = q.where(column == value)
     if since is not None:

@@ -39,7 +39,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
         return "(none)"
     # Numbers align right; strings are never parsed as numbers (a worker named 007 stays 007).
     align = [
-        "right" if all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in rows)
+        "right"
+        if all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in rows)
         else "left"
         for i in range(len(headers))
     ]
@@ -80,9 +81,7 @@ def _length(header: str, key: str, get: Callable[[Any], object]) -> Column:
 def listing(rows: Sequence[Any], columns: Sequence[Column], fmt: str) -> str:
     """Rows as a table, a JSON array of objects, or CSV with a header line."""
     if fmt == "json":
-        return json.dumps(
-            [{c.key: c.machine(c.get(r)) for c in columns} for r in rows], indent=2
-        )
+        return json.dumps([{c.key: c.machine(c.get(r)) for c in columns} for r in rows], indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -91,7 +90,6 @@ def listing(rows: Sequence[Any], columns: Sequence[Column], fmt: str) -> str:
             writer.writerow([clean(c.machine(c.get(r))) for c in columns])
         return out.getvalue().rstrip("\n")
     return _table([c.header for c in columns], ([c.human(c.get(r)) for c in columns] for r in rows))
-
 
 
 def _yes(flag: object) -> str:
@@ -106,8 +104,7 @@ RUN_COLUMNS = (
     _time("ended", "ended_at", lambda r: r.ended_at),
     _length("length", "length_seconds", lambda r: r.length),
     Column("state", "state", lambda r: r.state),
-    Column("end reason", "end_reason", lambda r: r.end_reason,
-           lambda v: clean(v) if v else "-"),
+    Column("end reason", "end_reason", lambda r: r.end_reason, lambda v: clean(v) if v else "-"),
     Column("snapshots", "snapshots", lambda r: r.snapshots),
     Column("scheduler", "scheduler", lambda r: f"pid {r.pid} on {r.host}"),
 )
@@ -160,7 +157,9 @@ def status_data(st: Status) -> dict[str, object]:
     s = st.scheduler
     return {
         "now": iso_time(st.now),
-        "scheduler": None if s is None else {
+        "scheduler": None
+        if s is None
+        else {
             "run_id": s.run_id,
             "pid": s.pid,
             "host": s.host,
@@ -172,15 +171,22 @@ def status_data(st: Status) -> dict[str, object]:
             "end_reason": s.end_reason,
             "stop_seen": s.stop_seen,
         },
-        "idle": None if s is None else {
+        "idle": None
+        if s is None
+        else {
             "idle": s.idle and s.alive(st.now),
             "idle_since": iso_time(s.idle_since),
             "not_idle_reason": s.not_idle_reason,
         },
         "workers": [
             {
-                "worker_id": w.worker_id, "pool": w.pool, "pid": w.pid, "host": w.host,
-                "category": w.category, "state": w.state, "beats": w.beats,
+                "worker_id": w.worker_id,
+                "pool": w.pool,
+                "pid": w.pid,
+                "host": w.host,
+                "category": w.category,
+                "state": w.state,
+                "beats": w.beats,
                 "heartbeat_age_seconds": _seconds(st.now - w.last_heartbeat),
             }
             for w in st.workers
@@ -189,8 +195,13 @@ def status_data(st: Status) -> dict[str, object]:
             "snapshot_time": iso_time(st.backlog_ts),
             "cycle": st.backlog_cycle,
             "counts": [
-                {"pool": b.pool, "category": b.category, "pending": b.pending,
-                 "running": b.running, "busy_workers": b.busy}
+                {
+                    "pool": b.pool,
+                    "category": b.category,
+                    "pending": b.pending,
+                    "running": b.running,
+                    "busy_workers": b.busy,
+                }
                 for b in st.backlog
             ],
         },
@@ -225,16 +236,24 @@ def status_text(st: Status, fmt: str = "table") -> str:
             lines.append(f"idle: no: {clean(s.not_idle_reason) or 'the scheduler is not alive'}")
         if s.stop_seen:
             lines.append("stop: seen (the pipeline asked to stop; monitoring goes on)")
-    lines += ["", f"workers ({len(st.workers)}):", listing(st.workers, _worker_columns(st.now),
-                                                          "table")]
+    lines += [
+        "",
+        f"workers ({len(st.workers)}):",
+        listing(st.workers, _worker_columns(st.now), "table"),
+    ]
     when = (
         f" (cycle {st.backlog_cycle}, {format_time(st.backlog_ts)})"
-        if st.backlog_ts is not None else ""
+        if st.backlog_ts is not None
+        else ""
     )
-    lines += ["", f"backlog{when}:", _table(
-        ("pool", "category", "pending", "running", "busy workers"),
-        ((b.pool, b.category, b.pending, b.running, b.busy) for b in st.backlog),
-    )]
+    lines += [
+        "",
+        f"backlog{when}:",
+        _table(
+            ("pool", "category", "pending", "running", "busy workers"),
+            ((b.pool, b.category, b.pending, b.running, b.busy) for b in st.backlog),
+        ),
+    ]
     return "\n".join(lines)
 
 
@@ -266,15 +285,23 @@ def report_data(r: Report) -> dict[str, object]:
         "drained_at": iso_time(r.drained_at),
         "time_to_drain_seconds": _seconds(r.time_to_drain),
         "workers": [
-            {"worker_id": w.worker_id, "busy_seconds": _seconds(w.busy_seconds),
-             "seen_seconds": _seconds(w.seen_seconds), "utilisation": round(w.utilisation, 4),
-             "stale_episodes": w.stale_episodes, "longest_gap_seconds": _seconds(w.longest_gap)}
+            {
+                "worker_id": w.worker_id,
+                "busy_seconds": _seconds(w.busy_seconds),
+                "seen_seconds": _seconds(w.seen_seconds),
+                "utilisation": round(w.utilisation, 4),
+                "stale_episodes": w.stale_episodes,
+                "longest_gap_seconds": _seconds(w.longest_gap),
+            }
             for w in r.workers
         ],
         "categories": [
-            {"category": k.category, "busy_worker_seconds": _seconds(k.busy_seconds),
-             "tasks_done": k.tasks_done,
-             "tasks_per_second": None if k.per_second is None else round(k.per_second, 4)}
+            {
+                "category": k.category,
+                "busy_worker_seconds": _seconds(k.busy_seconds),
+                "tasks_done": k.tasks_done,
+                "tasks_per_second": None if k.per_second is None else round(k.per_second, 4),
+            }
             for k in r.categories
         ],
         "backlog_peaks": [
@@ -282,16 +309,25 @@ def report_data(r: Report) -> dict[str, object]:
             for p in r.peaks
         ],
         "stale_episodes": [
-            {"worker_id": e.worker_id, "started": iso_time(e.started),
-             "seconds": _seconds(e.seconds), "outcome": e.outcome, "recovered": e.recovered}
+            {
+                "worker_id": e.worker_id,
+                "started": iso_time(e.started),
+                "seconds": _seconds(e.seconds),
+                "outcome": e.outcome,
+                "recovered": e.recovered,
+            }
             for e in r.stale
         ],
         "dead_workers": [
             {"worker_id": d.worker_id, "at": iso_time(d.at), "detail": d.detail} for d in r.dead
         ],
         "cycles": {
-            "count": c.cycles, "mean_seconds": _seconds(c.mean), "p95_seconds": _seconds(c.p95),
-            "max_seconds": _seconds(c.max), "writes_skipped": c.writes_skipped, "late": c.late,
+            "count": c.cycles,
+            "mean_seconds": _seconds(c.mean),
+            "p95_seconds": _seconds(c.p95),
+            "max_seconds": _seconds(c.max),
+            "writes_skipped": c.writes_skipped,
+            "late": c.late,
         },
     }
 
@@ -304,7 +340,8 @@ def report_text(r: Report, fmt: str = "table") -> str:
         return listing(r.workers, _REPORT_WORKERS, "csv")
     drain = (
         f"drained in {format_length(r.time_to_drain)} (idle from {format_time(r.drained_at)})"
-        if r.drained_at is not None else "never drained (no lasting idle verdict)"
+        if r.drained_at is not None
+        else "never drained (no lasting idle verdict)"
     )
     end = {
         "ended": f"ended {format_time(r.end)} ({clean(r.end_reason)})",
@@ -314,7 +351,8 @@ def report_text(r: Report, fmt: str = "table") -> str:
     c = r.cycles
     gap_note = (
         f"; gaps under stale_after ({format_length(r.stale_after)}) show as -"
-        if r.stale_after else ""
+        if r.stale_after
+        else ""
     )
     sections = [
         f"run {r.run_id}: started {format_time(r.started_at)}, {end}",
@@ -327,9 +365,12 @@ def report_text(r: Report, fmt: str = "table") -> str:
         _table(
             ("category", "busy worker-s", "tasks done", "tasks/s"),
             (
-                (k.category, f"{k.busy_seconds:.1f}",
-                 "-" if k.tasks_done is None else k.tasks_done,
-                 "-" if k.per_second is None else f"{k.per_second:.2f}")
+                (
+                    k.category,
+                    f"{k.busy_seconds:.1f}",
+                    "-" if k.tasks_done is None else k.tasks_done,
+                    "-" if k.per_second is None else f"{k.per_second:.2f}",
+                )
                 for k in r.categories
             ),
         ),
@@ -343,8 +384,10 @@ def report_text(r: Report, fmt: str = "table") -> str:
         f"stale episodes ({len(r.stale)}):",
         _table(
             ("worker", "started", "length", "outcome"),
-            ((e.worker_id, format_time(e.started), format_length(e.seconds), e.outcome)
-             for e in r.stale),
+            (
+                (e.worker_id, format_time(e.started), format_length(e.seconds), e.outcome)
+                for e in r.stale
+            ),
         ),
         "",
         f"dead workers ({len(r.dead)}):",
@@ -364,8 +407,13 @@ _REPORT_WORKERS = (
     Column("worker", "worker_id", lambda w: w.worker_id),
     _length("busy", "busy_seconds", lambda w: w.busy_seconds),
     _length("seen", "seen_seconds", lambda w: w.seen_seconds),
-    Column("utilisation", "utilisation", lambda w: w.utilisation, lambda v: f"{v:.0%}",
-           lambda v: round(v, 4)),
+    Column(
+        "utilisation",
+        "utilisation",
+        lambda w: w.utilisation,
+        lambda v: f"{v:.0%}",
+        lambda v: round(v, 4),
+    ),
     Column("stale episodes", "stale_episodes", lambda w: w.stale_episodes),
     _length("longest beat gap", "longest_gap_seconds", lambda w: w.longest_gap),
 )

@@ -44,9 +44,14 @@ def run_summary(conn: Connection, run_id: int) -> RunSummary:
             snapshots.c.run_id == run_id, snapshots.c.idle == 1
         )
     ).scalar()
-    end = run.ended_at if run.ended_at is not None else conn.execute(
-        sa.select(sa.func.max(snapshots.c.ts)).where(snapshots.c.run_id == run_id)
-    ).scalar() or run.started_at
+    end = (
+        run.ended_at
+        if run.ended_at is not None
+        else conn.execute(
+            sa.select(sa.func.max(snapshots.c.ts)).where(snapshots.c.run_id == run_id)
+        ).scalar()
+        or run.started_at
+    )
     done = conn.execute(
         sa.select(tasks.c.category, sa.func.count())
         .where(tasks.c.status == "done", tasks.c.finished_at.between(run.started_at, end))
@@ -54,8 +59,12 @@ def run_summary(conn: Connection, run_id: int) -> RunSummary:
         .order_by(tasks.c.category)
     ).all()
     intervals = sa.table(
-        "worker_intervals", sa.column("run_id"), sa.column("worker_id"), sa.column("state"),
-        sa.column("started"), sa.column("ended"),
+        "worker_intervals",
+        sa.column("run_id"),
+        sa.column("worker_id"),
+        sa.column("state"),
+        sa.column("started"),
+        sa.column("ended"),
     )
     # An open stretch (no later event) runs to the end of the run.
     ended = sa.func.coalesce(intervals.c.ended, end)
@@ -177,9 +186,7 @@ class Report:
         return None if self.drained_at is None else self.drained_at - self.started_at
 
 
-def run_report(
-    conn: Connection, run_id: int, *, state: str, end: float
-) -> Report:
+def run_report(conn: Connection, run_id: int, *, state: str, end: float) -> Report:
     """The post-run analysis of one run; `end` is the run's end or the last moment it lived."""
     run = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).one()
     settings = json.loads(run.config or "{}")
@@ -209,14 +216,27 @@ def run_report(
     for category in sorted(set(per_category) | set(done or {})):
         n = None if done is None else done.get(category, 0)
         categories.append(
-            CategoryReport(category, per_category.get(category, 0.0), n,
-                           None if n is None or span <= 0 else n / span)
+            CategoryReport(
+                category,
+                per_category.get(category, 0.0),
+                n,
+                None if n is None or span <= 0 else n / span,
+            )
         )
     return Report(
-        run_id=run_id, state=state, started_at=run.started_at, end=end,
-        end_reason=run.end_reason, drained_at=drained, stale_after=stale_after,
-        workers=workers, categories=categories, peaks=_peaks(conn, run_id), stale=stale,
-        dead=dead, cycles=_cycles(conn, run_id),
+        run_id=run_id,
+        state=state,
+        started_at=run.started_at,
+        end=end,
+        end_reason=run.end_reason,
+        drained_at=drained,
+        stale_after=stale_after,
+        workers=workers,
+        categories=categories,
+        peaks=_peaks(conn, run_id),
+        stale=stale,
+        dead=dead,
+        cycles=_cycles(conn, run_id),
     )
 
 
@@ -254,7 +274,9 @@ def _busy(
     worker: sa.BindParameter[str] = sa.bindparam("worker")
     changes = (
         sa.select(
-            e.event, e.category, e.ts.label("started"),
+            e.event,
+            e.category,
+            e.ts.label("started"),
             sa.func.lead(e.ts).over(order_by=e.id).label("ended"),
         )
         .where(
@@ -274,9 +296,9 @@ def _busy(
     )
     # One query per worker: the (worker_id, id) index then hands over its events in order,
     # where one query over all workers would sort the whole run's events first.
-    workers = conn.execute(
-        sa.select(e.worker_id).where(e.run_id == run_id).distinct()
-    ).scalars().all()
+    workers = (
+        conn.execute(sa.select(e.worker_id).where(e.run_id == run_id).distinct()).scalars().all()
+    )
     rows = [
         (w, category, seconds)
         for w in workers
@@ -331,8 +353,12 @@ def _peaks(conn: Connection, run_id: int) -> list[BacklogPeak]:
     first_q = (
         sa.select(s.ts)
         .select_from(sa.join(snapshot_counts, snapshots, s.id == c.snapshot_id))
-        .where(c.pool == sa.bindparam("p"), c.category == sa.bindparam("k"), in_run,
-               c.pending == sa.bindparam("peak"))
+        .where(
+            c.pool == sa.bindparam("p"),
+            c.category == sa.bindparam("k"),
+            in_run,
+            c.pending == sa.bindparam("peak"),
+        )
         .order_by(c.snapshot_id)
         .limit(1)
     )
@@ -349,9 +375,13 @@ def _peaks(conn: Connection, run_id: int) -> list[BacklogPeak]:
 def _cycles(conn: Connection, run_id: int) -> CycleStats:
     s = snapshots.c
     n, mean, top, skipped, late = conn.execute(
-        sa.select(sa.func.count(), sa.func.avg(s.cycle_seconds), sa.func.max(s.cycle_seconds),
-                  sa.func.sum(s.writes_skipped), sa.func.sum(s.late))
-        .where(s.run_id == run_id)
+        sa.select(
+            sa.func.count(),
+            sa.func.avg(s.cycle_seconds),
+            sa.func.max(s.cycle_seconds),
+            sa.func.sum(s.writes_skipped),
+            sa.func.sum(s.late),
+        ).where(s.run_id == run_id)
     ).one()
     p95 = None
     if n:

@@ -192,7 +192,9 @@ class Scheduler(multiprocessing.Process):
             log.warning(
                 "run %d ended abnormally: its scheduler vanished without closing it%s",
                 max(unended),
-                f" (and {earlier} earlier run{'s' * (earlier != 1)} never ended)" if earlier else "",
+                f" (and {earlier} earlier run{'s' * (earlier != 1)} never ended)"
+                if earlier
+                else "",
             )
         self.writes_skipped = 0
         # Errors this run met, by stage and kind ("write: disk I/O error"): told at the end.

@@ -45,7 +45,11 @@ class Timeline:
 
 
 def load(
-    conn: Connection, run_id: int, start: float, end: float, points: int = 400,
+    conn: Connection,
+    run_id: int,
+    start: float,
+    end: float,
+    points: int = 400,
     resolution: int = 2000,
 ) -> Timeline:
     """The run's stretches, clipped to [start, end], and at most `points` backlog samples per
@@ -54,7 +58,11 @@ def load(
     e = worker_events.c
     changes = (
         sa.select(
-            e.id, e.worker_id, e.event, e.category, e.ts,
+            e.id,
+            e.worker_id,
+            e.event,
+            e.category,
+            e.ts,
             sa.func.lead(e.ts).over(partition_by=e.worker_id, order_by=e.id).label("ended"),
         )
         .where(
@@ -72,8 +80,9 @@ def load(
     )
     lanes: dict[str, list[Stretch]] = {}
     for worker, category, first, seconds in conn.execute(
-        sa.select(changes.c.worker_id, changes.c.category, sa.func.min(changes.c.ts),
-                  sa.func.sum(length))
+        sa.select(
+            changes.c.worker_id, changes.c.category, sa.func.min(changes.c.ts), sa.func.sum(length)
+        )
         .where(changes.c.event.not_in(("exited", "dead")))
         .group_by(changes.c.worker_id, changes.c.category, group)
     ):
@@ -99,9 +108,12 @@ def load(
     ):
         backlog.setdefault(category, []).append((float(ts), int(pending)))
     return Timeline(
-        run_id, start, end,
+        run_id,
+        start,
+        end,
         [Lane(w, sorted(ss, key=lambda x: x.start)) for w, ss in sorted(lanes.items())],
-        categories, backlog,
+        categories,
+        backlog,
     )
 
 
@@ -129,10 +141,7 @@ def columns(lane: Lane, start: float, end: float, width: int) -> list[str | None
             overlap = min(b, hi) - max(a, lo)
             if overlap > 0 or (a == b == lo):
                 cover[i][s.key] = cover[i].get(s.key, 0.0) + overlap
-    return [
-        max(c, key=lambda k: (c[k], k == STALE)) if c else None
-        for c in cover
-    ]
+    return [max(c, key=lambda k: (c[k], k == STALE)) if c else None for c in cover]
 
 
 # ANSI colours for categories, in symbol order; stale is red on white, idle uncoloured.
@@ -160,8 +169,13 @@ def text(tl: Timeline, width: int = 80, colour: bool = False) -> str:
             while j < len(cells) and cells[j] == cells[i]:
                 j += 1
             key = cells[i]
-            mark = " " if key is None else IDLE_MARK if key == IDLE else (
-                STALE_MARK if key == STALE else marks[key])
+            mark = (
+                " "
+                if key is None
+                else IDLE_MARK
+                if key == IDLE
+                else (STALE_MARK if key == STALE else marks[key])
+            )
             run = mark * (j - i)
             if colour and key is not None and key != IDLE:
                 code = "1;31;47" if key == STALE else paint[key]
@@ -179,8 +193,18 @@ def text(tl: Timeline, width: int = 80, colour: bool = False) -> str:
 
 # -- the HTML page -------------------------------------------------------------------------------
 
-_HEX = ("#2e7d32", "#1565c0", "#6a1b9a", "#00838f", "#ef6c00", "#9e9d24", "#4527a0",
-        "#ad1457", "#00695c", "#5d4037")
+_HEX = (
+    "#2e7d32",
+    "#1565c0",
+    "#6a1b9a",
+    "#00838f",
+    "#ef6c00",
+    "#9e9d24",
+    "#4527a0",
+    "#ad1457",
+    "#00695c",
+    "#5d4037",
+)
 _PLOT, _LEFT, _LANE = 900, 170, 18
 
 
@@ -236,26 +260,28 @@ def html(tl: Timeline) -> str:
     )
     title = f"sqlmon run {tl.run_id}: {format_time(tl.start)} to {format_time(tl.end)}"
     width = _LEFT + _PLOT + 20
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title>",
-        "<style>body{font:13px sans-serif;margin:20px}svg text{font:11px sans-serif}"
-        "span{margin-right:14px}i{display:inline-block;width:10px;height:10px;"
-        "margin-right:4px}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        f"<p>{legend}</p>",
-        "<h2>Workers</h2>",
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{gantt_h}">',
-        *gantt,
-        "</svg>",
-        "<h2>Backlog: pending tasks per category</h2>",
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{chart_h + 40}">',
-        *lines,
-        "</svg>",
-        "</body></html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{esc(title)}</title>",
+            "<style>body{font:13px sans-serif;margin:20px}svg text{font:11px sans-serif}"
+            "span{margin-right:14px}i{display:inline-block;width:10px;height:10px;"
+            "margin-right:4px}</style></head><body>",
+            f"<h1>{esc(title)}</h1>",
+            f"<p>{legend}</p>",
+            "<h2>Workers</h2>",
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{gantt_h}">',
+            *gantt,
+            "</svg>",
+            "<h2>Backlog: pending tasks per category</h2>",
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{chart_h + 40}">',
+            *lines,
+            "</svg>",
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def _axis(tl: Timeline, x: object, y: float) -> list[str]:

@@ -58,8 +58,9 @@ def chain_worker(db: str, worker_id: str, pool: str, terminate, gap: float, step
         time.sleep(gap)
         step = int(category.split("-")[1])
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE tasks SET status = 'done', finished_at = ? WHERE id = ?",
-                     (time.time(), task_id))
+        conn.execute(
+            "UPDATE tasks SET status = 'done', finished_at = ? WHERE id = ?", (time.time(), task_id)
+        )
         if step + 1 < steps:
             conn.execute(
                 "INSERT INTO tasks (category, pool, status, created_at, payload) "

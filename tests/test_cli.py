@@ -26,14 +26,23 @@ runner = CliRunner()
 
 # Every inspection command, as people run them; none may change a byte of the database.
 INSPECTIONS = [
-    ["status"], ["status", "--format", "json"], ["status", "-f", "csv"],
+    ["status"],
+    ["status", "--format", "json"],
+    ["status", "-f", "csv"],
     ["watch", "--count", "2", "--interval", "0.1"],
-    ["runs"], ["runs", "-f", "json"], ["runs", "-f", "csv"],
-    ["history"], ["history", "--run", "1", "--since", "1h", "--limit", "5", "-f", "csv"],
-    ["events"], ["events", "--worker", "gpu-2", "--event", "stale", "-f", "json"],
+    ["runs"],
+    ["runs", "-f", "json"],
+    ["runs", "-f", "csv"],
+    ["history"],
+    ["history", "--run", "1", "--since", "1h", "--limit", "5", "-f", "csv"],
+    ["events"],
+    ["events", "--worker", "gpu-2", "--event", "stale", "-f", "json"],
     ["timeline", "--run", "1", "--width", "60"],
-    ["report", "--run", "1"], ["report", "--run", "1", "-f", "json"],
-    ["check"], ["idle"], ["prune", "--older-than", "7d", "--dry-run"],
+    ["report", "--run", "1"],
+    ["report", "--run", "1", "-f", "json"],
+    ["check"],
+    ["idle"],
+    ["prune", "--older-than", "7d", "--dry-run"],
 ]
 
 
@@ -53,8 +62,21 @@ def digest(path: str) -> str:
 def test_every_command_has_help_and_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     names = [c.name or c.callback.__name__ for c in app.registered_commands]  # type: ignore[union-attr]
-    assert {"status", "watch", "runs", "history", "events", "timeline", "report", "check",
-            "idle", "prune", "init", "run", "demo"} <= set(names)
+    assert {
+        "status",
+        "watch",
+        "runs",
+        "history",
+        "events",
+        "timeline",
+        "report",
+        "check",
+        "idle",
+        "prune",
+        "init",
+        "run",
+        "demo",
+    } <= set(names)
     top = invoke("--help")
     assert top.exit_code == 0
     for name in names:
@@ -72,15 +94,13 @@ def test_status_runs_history_events(history: History):
     runs = json.loads(invoke("runs", history.path, "-f", "json").output)
     assert [(r["run_id"], r["state"]) for r in runs] == [(1, "ended"), (2, "vanished")]
     assert invoke("runs", history.path).output.splitlines()[2].split()[7:9] == [
-        "ended", "terminate"
+        "ended",
+        "terminate",
     ]
     csv_lines = invoke("history", history.path, "--run", "1", "--limit", "3", "-f", "csv").output
-    assert [line.split(",")[1] for line in csv_lines.splitlines()] == [
-        "cycle", "18", "19", "20"
-    ]
+    assert [line.split(",")[1] for line in csv_lines.splitlines()] == ["cycle", "18", "19", "20"]
     stale = json.loads(
-        invoke("events", history.path, "--worker", "gpu-2", "--event", "stale", "-f",
-               "json").output
+        invoke("events", history.path, "--worker", "gpu-2", "--event", "stale", "-f", "json").output
     )
     assert [(e["worker_id"], e["event"], e["run_id"]) for e in stale] == [("gpu-2", "stale", 1)]
     ocr = json.loads(invoke("events", history.path, "--category", "OCR", "-f", "json").output)
@@ -91,8 +111,9 @@ def test_status_runs_history_events(history: History):
 
 def test_timeline_text_and_html(history: History, tmp_path: Path):
     page = tmp_path / "run1.html"
-    result = invoke("timeline", history.path, "--run", "1", "--width", "60", "--no-colour",
-                    "--html", str(page))
+    result = invoke(
+        "timeline", history.path, "--run", "1", "--width", "60", "--no-colour", "--html", str(page)
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("run 1: ") and "(20.5 s)" in lines[0]
@@ -195,7 +216,8 @@ def test_bad_input_one_line_exit_2_nothing_changed(history: History, tmp_path: P
         assert result.stdout == "", args
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("sqlmon: ") and says in lines[0], (
-            args, result.stderr
+            args,
+            result.stderr,
         )
         assert "Traceback" not in result.output
         if keep:
@@ -258,8 +280,10 @@ def test_prune_deletes_old_runs_in_batches_never_the_current(tmp_path: Path):
     conn = sqlite3.connect(db)
     conn.execute("UPDATE runs SET ended_at = NULL WHERE run_id = 3")
     conn.commit()
-    counts = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE run_id IN (1, 2)").fetchone()[0]
-              for t in ("snapshots", "worker_events")}
+    counts = {
+        t: conn.execute(f"SELECT count(*) FROM {t} WHERE run_id IN (1, 2)").fetchone()[0]
+        for t in ("snapshots", "worker_events")
+    }
     counts["snapshot_counts"] = conn.execute(
         "SELECT count(*) FROM snapshot_counts WHERE snapshot_id IN "
         "(SELECT id FROM snapshots WHERE run_id IN (1, 2))"
@@ -320,8 +344,12 @@ def test_prune_batches(tmp_path: Path):
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sqlmon", *args], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}, timeout=60,
+        [sys.executable, "-m", "sqlmon", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"},
+        timeout=60,
     )
 
 
@@ -336,8 +364,10 @@ def test_real_subprocess(history: History, tmp_path: Path):
     assert "\x1b[" not in timeline.stdout  # not a terminal: no colour
     missing = _cli("status", "missing.db", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stdout == ""
-    assert missing.stderr == f"sqlmon: {tmp_path}/missing.db: no such database " \
+    assert (
+        missing.stderr == f"sqlmon: {tmp_path}/missing.db: no such database "
         "(create it with `sqlmon init`)\n"
+    )
     assert not (tmp_path / "missing.db").exists()
     assert digest(history.path) == before
 

@@ -18,16 +18,27 @@ def test_no_idle_before_a_scheduler_ever_ran(db: str) -> None:
 
 def test_idle_race_with_claiming_workers(db: str) -> None:
     steps, chains = 4, 24
-    execute(db, "INSERT INTO tasks (category, pool, status, created_at, payload) "
-                "VALUES ('STEP-0', 'cpu', 'pending', 0, ?)", [(f"chain-{i}",) for i in range(chains)])
+    execute(
+        db,
+        "INSERT INTO tasks (category, pool, status, created_at, payload) "
+        "VALUES ('STEP-0', 'cpu', 'pending', 0, ?)",
+        [(f"chain-{i}",) for i in range(chains)],
+    )
     ctx = multiprocessing.get_context("spawn")
     stop, terminate = ctx.Event(), ctx.Event()
     workers = [
         ctx.Process(target=procs.chain_worker, args=(db, f"w{i}", "cpu", terminate, 0.01, steps))
         for i in range(4)
     ]
-    scheduler = Scheduler(db, stop=stop, terminate=terminate, interval=0.05, stale_after=5.0,
-                          warn_after=5.0, start_method="spawn")
+    scheduler = Scheduler(
+        db,
+        stop=stop,
+        terminate=terminate,
+        interval=0.05,
+        stale_after=5.0,
+        warn_after=5.0,
+        start_method="spawn",
+    )
     since = time.time()
     scheduler.start()
     for w in workers:

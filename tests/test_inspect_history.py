@@ -37,28 +37,40 @@ def build_history(path: str) -> History:
     init_db(path)
     # cpu-2 beats from its own process and exits without closing: the scheduler finds it dead.
     subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from sqlmon import Heartbeat; "
-         "Heartbeat(sys.argv[1], 'cpu-2', 'cpu').beat('SUMMARY')", path],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sqlmon import Heartbeat; "
+            "Heartbeat(sys.argv[1], 'cpu-2', 'cpu').beat('SUMMARY')",
+            path,
+        ],
         check=True,
     )
     t0 = time.time() + 2.0
-    execute(path, "INSERT INTO tasks (category, pool, status, created_at) VALUES (?, ?, ?, ?)",
-            [("OCR", "gpu", "pending", t0)] * 3 + [("SUMMARY", "cpu", "pending", t0)])
-    sched = Scheduler(path, interval=1.0, stale_after=10.0, warn_after=10.0, idle_confirm=2,
-                      hud_every=1e9)
+    execute(
+        path,
+        "INSERT INTO tasks (category, pool, status, created_at) VALUES (?, ?, ?, ?)",
+        [("OCR", "gpu", "pending", t0)] * 3 + [("SUMMARY", "cpu", "pending", t0)],
+    )
+    sched = Scheduler(
+        path, interval=1.0, stale_after=10.0, warn_after=10.0, idle_confirm=2, hud_every=1e9
+    )
     sched.open(now=t0)
     mono = 1000.0
-    hbs = {w: Heartbeat(path, w, w[:3], min_interval=0.0)
-           for w in ("gpu-1", "gpu-2", "cpu-1", WEIRD)}
+    hbs = {
+        w: Heartbeat(path, w, w[:3], min_interval=0.0) for w in ("gpu-1", "gpu-2", "cpu-1", WEIRD)
+    }
     category: dict[str, str | None] = dict.fromkeys(hbs)
     for k in range(1, 21):
         if k == 2:
             category["gpu-1"] = "OCR"
             execute(path, "UPDATE tasks SET status = 'running' WHERE id = 1")
         if k == 4:
-            execute(path, "UPDATE tasks SET status = 'done', finished_at = ? "
-                    "WHERE category = 'OCR'", (t0 + 4,))
+            execute(
+                path,
+                "UPDATE tasks SET status = 'done', finished_at = ? WHERE category = 'OCR'",
+                (t0 + 4,),
+            )
         if k == 5:
             category["gpu-1"] = None
         if k == 6:
@@ -66,8 +78,11 @@ def build_history(path: str) -> History:
             execute(path, "UPDATE tasks SET status = 'running' WHERE category = 'SUMMARY'")
         if k == 8:
             category["cpu-1"] = None
-            execute(path, "UPDATE tasks SET status = 'done', finished_at = ? "
-                    "WHERE category = 'SUMMARY'", (t0 + 8,))
+            execute(
+                path,
+                "UPDATE tasks SET status = 'done', finished_at = ? WHERE category = 'SUMMARY'",
+                (t0 + 8,),
+            )
         if k == 20:
             for hb in hbs.values():
                 hb.close()
@@ -120,8 +135,13 @@ def test_status_after_the_run(history: History):
         st = queries.status(conn, history.t0 + 40)
     assert st.scheduler is not None and not st.scheduler.alive(history.t0 + 40)
     states = {w.worker_id: w.state for w in st.workers}
-    assert states == {"cpu-1": "exited", "cpu-2": "dead", "gpu-1": "exited", "gpu-2": "exited",
-                      WEIRD: "exited"}
+    assert states == {
+        "cpu-1": "exited",
+        "cpu-2": "dead",
+        "gpu-1": "exited",
+        "gpu-2": "exited",
+        WEIRD: "exited",
+    }
 
 
 def test_history_and_event_filters_are_bound(history: History):

@@ -50,8 +50,12 @@ def _as_nobody() -> list[str]:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot drop write permission")
     prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import sqlmon.cli"],
-                           capture_output=True, text=True, cwd="/")
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import sqlmon.cli"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     if probe.returncode != 0:
         pytest.skip(f"user nobody cannot import sqlmon from this checkout: {probe.stderr[-200:]}")
     return prefix
@@ -70,8 +74,14 @@ def locked_folder() -> Iterator[Path]:
 
 
 def _run(prefix: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, sys.executable, "-m", "sqlmon", *args], capture_output=True,
-                          text=True, cwd="/", env={**os.environ, "NO_COLOR": "1"}, timeout=60)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "sqlmon", *args],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={**os.environ, "NO_COLOR": "1"},
+        timeout=60,
+    )
 
 
 def _seal(folder: Path) -> dict[str, str]:
@@ -103,8 +113,9 @@ def test_commands_on_a_copy_in_a_folder_without_write_permission(
     assert denied.returncode == 2 and denied.stderr.startswith("sqlmon: ")
     assert "Traceback" not in denied.stderr
     # Nothing created beside it, nothing changed in it.
-    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in locked_folder.iterdir()} == sealed
+    assert {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in locked_folder.iterdir()
+    } == sealed
 
 
 def _copy_with_wal(source: str, folder: Path, with_shm: bool) -> None:
@@ -132,8 +143,9 @@ def test_uncheckpointed_wal_it_cannot_read_says_how_to_fix(history: History, loc
     assert len(result.stderr.splitlines()) == 1
     assert "not yet checkpointed" in result.stderr and "copy the database" in result.stderr
     assert "wal_checkpoint" in result.stderr
-    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in locked_folder.iterdir()} == sealed
+    assert {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in locked_folder.iterdir()
+    } == sealed
 
 
 def test_wal_with_its_shm_is_read_in_full(history: History, locked_folder: Path):
@@ -143,5 +155,6 @@ def test_wal_with_its_shm_is_read_in_full(history: History, locked_folder: Path)
     result = _run(prefix, "runs", str(locked_folder / "history.db"), "--format", "csv")
     assert result.returncode == 0, result.stderr
     assert "from-the-wal" in result.stdout  # the -wal content, not the stale main file
-    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in locked_folder.iterdir()} == sealed
+    assert {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in locked_folder.iterdir()
+    } == sealed

@@ -48,7 +48,12 @@ def test_durations_parse_and_print():
     with pytest.raises(ValueError):
         parse_moment("yesterdayish", T0)
     assert [format_length(s) for s in (0.25, 12.34, 65.25, 7380, 93600, None)] == [
-        "250 ms", "12.3 s", "1 m 05 s", "2 h 03 m", "1 d 02 h", "-",
+        "250 ms",
+        "12.3 s",
+        "1 m 05 s",
+        "2 h 03 m",
+        "1 d 02 h",
+        "-",
     ]
 
 
@@ -64,27 +69,37 @@ RUNS = [
 
 
 def test_runs_table_json_and_csv():
-    assert render.runs_text(RUNS) == "\n".join([
-        "  run  started                ended                  length    state     end reason      snapshots  scheduler",  # noqa: E501
-        "-----  ---------------------  ---------------------  --------  --------  ------------  -----------  -------------",  # noqa: E501
-        "    1  2027-01-15 08:00:00.0  2027-01-15 08:01:05.2  1 m 05 s  ended     terminate              66  pid 101 on vm",  # noqa: E501
-        "    2  2027-01-15 08:01:40.0  -                      30.5 s    vanished  -                      31  pid 102 on vm",  # noqa: E501
-    ])
+    assert render.runs_text(RUNS) == "\n".join(
+        [
+            "  run  started                ended                  length    state     end reason      snapshots  scheduler",  # noqa: E501
+            "-----  ---------------------  ---------------------  --------  --------  ------------  -----------  -------------",  # noqa: E501
+            "    1  2027-01-15 08:00:00.0  2027-01-15 08:01:05.2  1 m 05 s  ended     terminate              66  pid 101 on vm",  # noqa: E501
+            "    2  2027-01-15 08:01:40.0  -                      30.5 s    vanished  -                      31  pid 102 on vm",  # noqa: E501
+        ]
+    )
     assert json.loads(render.runs_text(RUNS, "json"))[1] == {
-        "run_id": 2, "started_at": "2027-01-15T08:01:40.000+00:00", "ended_at": None,
-        "length_seconds": 30.5, "state": "vanished", "end_reason": None, "snapshots": 31,
+        "run_id": 2,
+        "started_at": "2027-01-15T08:01:40.000+00:00",
+        "ended_at": None,
+        "length_seconds": 30.5,
+        "state": "vanished",
+        "end_reason": None,
+        "snapshots": 31,
         "scheduler": "pid 102 on vm",
     }
-    assert render.runs_text(RUNS, "csv") == "\n".join([
-        "run_id,started_at,ended_at,length_seconds,state,end_reason,snapshots,scheduler",
-        "1,2027-01-15T08:00:00.000+00:00,2027-01-15T08:01:05.250+00:00,65.25,ended,terminate,66,pid 101 on vm",  # noqa: E501
-        "2,2027-01-15T08:01:40.000+00:00,,30.5,vanished,,31,pid 102 on vm",
-    ])
+    assert render.runs_text(RUNS, "csv") == "\n".join(
+        [
+            "run_id,started_at,ended_at,length_seconds,state,end_reason,snapshots,scheduler",
+            "1,2027-01-15T08:00:00.000+00:00,2027-01-15T08:01:05.250+00:00,65.25,ended,terminate,66,pid 101 on vm",  # noqa: E501
+            "2,2027-01-15T08:01:40.000+00:00,,30.5,vanished,,31,pid 102 on vm",
+        ]
+    )
 
 
 def _status() -> Status:
-    sched = SchedulerView(3, 55, "vm", 1.0, T0 + 9.5, 12, False, None, "2 tasks pending in OCR",
-                          False, None, None)
+    sched = SchedulerView(
+        3, 55, "vm", 1.0, T0 + 9.5, 12, False, None, "2 tasks pending in OCR", False, None, None
+    )
     workers = [
         WorkerLine("gpu-1", "gpu", 7, "vm", "OCR", T0 + 9.75, "busy", 40),
         WorkerLine("\x1b[2Jevil", "cpu", 8, "vm", None, T0 - 5, "stale", 3),
@@ -93,21 +108,23 @@ def _status() -> Status:
 
 
 def test_status_text():
-    assert render.status_text(_status()) == "\n".join([
-        "scheduler: run 3, cycle 12, heartbeat 500 ms ago, pid 55 on vm: alive",
-        "idle: no: 2 tasks pending in OCR",
-        "",
-        "workers (2):",
-        "worker       pool      pid  category    heartbeat age    state      beats",
-        "-----------  ------  -----  ----------  ---------------  -------  -------",
-        "gpu-1        gpu         7  OCR         250 ms           busy          40",
-        "\\x1b[2Jevil  cpu         8  -           15.0 s           stale          3",
-        "",
-        "backlog (cycle 12, 2027-01-15 08:00:09.5):",
-        "pool    category      pending    running    busy workers",
-        "------  ----------  ---------  ---------  --------------",
-        "gpu     OCR                 2          1               1",
-    ])
+    assert render.status_text(_status()) == "\n".join(
+        [
+            "scheduler: run 3, cycle 12, heartbeat 500 ms ago, pid 55 on vm: alive",
+            "idle: no: 2 tasks pending in OCR",
+            "",
+            "workers (2):",
+            "worker       pool      pid  category    heartbeat age    state      beats",
+            "-----------  ------  -----  ----------  ---------------  -------  -------",
+            "gpu-1        gpu         7  OCR         250 ms           busy          40",
+            "\\x1b[2Jevil  cpu         8  -           15.0 s           stale          3",
+            "",
+            "backlog (cycle 12, 2027-01-15 08:00:09.5):",
+            "pool    category      pending    running    busy workers",
+            "------  ----------  ---------  ---------  --------------",
+            "gpu     OCR                 2          1               1",
+        ]
+    )
     data = json.loads(render.status_text(_status(), "json"))
     assert data["scheduler"]["alive"] is True
     assert data["workers"][1]["worker_id"] == "\x1b[2Jevil"  # JSON escapes it by itself
@@ -121,20 +138,36 @@ def test_health_says_why_in_one_line():
     assert health(ok) == (True, "ok: run 3 cycle 12, heartbeat 0.5 s ago, 1 worker(s) alive")
     late = Status(T0 + 20, st.scheduler, [], [], None, None)
     assert health(late) == (
-        False, "the scheduler's heartbeat is 10.5 s old (fresh means under 3.0 s): run 3"
+        False,
+        "the scheduler's heartbeat is 10.5 s old (fresh means under 3.0 s): run 3",
     )
     assert health(Status(T0, None, [], [], None, None)) == (
-        False, "no scheduler has run on this database"
+        False,
+        "no scheduler has run on this database",
     )
 
 
 TIMELINE = tl.Timeline(
-    4, T0, T0 + 10,
+    4,
+    T0,
+    T0 + 10,
     [
-        tl.Lane("gpu-1", [tl.Stretch(T0, T0 + 4, "idle"), tl.Stretch(T0 + 4, T0 + 8, "OCR"),
-                          tl.Stretch(T0 + 8, T0 + 10, "PLATE_DETECT")]),
-        tl.Lane("gpu-2", [tl.Stretch(T0 + 2, T0 + 5, "OCR"), tl.Stretch(T0 + 5, T0 + 10, "OCR"),
-                          tl.Stretch(T0 + 6, T0 + 9, "stale")]),
+        tl.Lane(
+            "gpu-1",
+            [
+                tl.Stretch(T0, T0 + 4, "idle"),
+                tl.Stretch(T0 + 4, T0 + 8, "OCR"),
+                tl.Stretch(T0 + 8, T0 + 10, "PLATE_DETECT"),
+            ],
+        ),
+        tl.Lane(
+            "gpu-2",
+            [
+                tl.Stretch(T0 + 2, T0 + 5, "OCR"),
+                tl.Stretch(T0 + 5, T0 + 10, "OCR"),
+                tl.Stretch(T0 + 6, T0 + 9, "stale"),
+            ],
+        ),
     ],
     ["OCR", "PLATE_DETECT"],
     {"OCR": [(T0, 3), (T0 + 5, 1)]},
@@ -142,19 +175,25 @@ TIMELINE = tl.Timeline(
 
 
 def test_timeline_text_gantt():
-    assert tl.text(TIMELINE, 40) == "\n".join([
-        "run 4: 2027-01-15 08:00:00.0 to 2027-01-15 08:00:10.0 (10.0 s), one column = 323 ms",
-        "gpu-1  |............OOOOOOOOOOOOOPPPPPP|",
-        "gpu-2  |      OOOOOOOOOOOOO!!!!!!!!OOOO|",
-        "legend: O OCR, P PLATE_DETECT, . idle, ! stale, blank: not running",
-    ])
+    assert tl.text(TIMELINE, 40) == "\n".join(
+        [
+            "run 4: 2027-01-15 08:00:00.0 to 2027-01-15 08:00:10.0 (10.0 s), one column = 323 ms",
+            "gpu-1  |............OOOOOOOOOOOOOPPPPPP|",
+            "gpu-2  |      OOOOOOOOOOOOO!!!!!!!!OOOO|",
+            "legend: O OCR, P PLATE_DETECT, . idle, ! stale, blank: not running",
+        ]
+    )
     coloured = tl.text(TIMELINE, 40, colour=True).splitlines()[1]
     assert coloured == "gpu-1  |............\x1b[32mOOOOOOOOOOOOO\x1b[0m\x1b[34mPPPPPP\x1b[0m|"
 
 
 def test_timeline_symbols_are_unique_letters():
     assert tl.symbols(["VEHICLE_DETECT", "PLATE_DETECT", "OCR", "PLATE_SMOOTH", "SUMMARY"]) == {
-        "OCR": "O", "PLATE_DETECT": "P", "PLATE_SMOOTH": "L", "SUMMARY": "S", "VEHICLE_DETECT": "V",
+        "OCR": "O",
+        "PLATE_DETECT": "P",
+        "PLATE_SMOOTH": "L",
+        "SUMMARY": "S",
+        "VEHICLE_DETECT": "V",
     }
 
 
@@ -170,46 +209,62 @@ def test_timeline_html_is_self_contained():
 
 def test_report_text():
     rep = Report(
-        5, "ended", T0, T0 + 100, "terminate", T0 + 80, 3.0,
-        [WorkerReport("gpu-1", 50, 100, 1, 7.5)], [CategoryReport("OCR", 50, 40, 0.5)],
-        [BacklogPeak("gpu", "OCR", 12, T0 + 3)], [StaleEpisode("gpu-1", T0 + 20, 4.5, "recovered")],
-        [DeadWorker("cpu-2", T0 + 50, "pid 9 is gone")], CycleStats(100, 0.002, 0.005, 0.01, 1, 0),
+        5,
+        "ended",
+        T0,
+        T0 + 100,
+        "terminate",
+        T0 + 80,
+        3.0,
+        [WorkerReport("gpu-1", 50, 100, 1, 7.5)],
+        [CategoryReport("OCR", 50, 40, 0.5)],
+        [BacklogPeak("gpu", "OCR", 12, T0 + 3)],
+        [StaleEpisode("gpu-1", T0 + 20, 4.5, "recovered")],
+        [DeadWorker("cpu-2", T0 + 50, "pid 9 is gone")],
+        CycleStats(100, 0.002, 0.005, 0.01, 1, 0),
     )
-    assert render.report_text(rep) == "\n".join([
-        "run 5: started 2027-01-15 08:00:00.0, ended 2027-01-15 08:01:40.0 (terminate)",
-        "length 1 m 40 s; drained in 1 m 20 s (idle from 2027-01-15 08:01:20.0)",
-        "",
-        "workers; gaps under stale_after (3.0 s) show as -:",
-        "worker    busy    seen      utilisation      stale episodes  longest beat gap",
-        "--------  ------  --------  -------------  ----------------  ------------------",
-        "gpu-1     50.0 s  1 m 40 s  50%                           1  7.5 s",
-        "",
-        "categories (tasks per second until the drain):",
-        "category    busy worker-s      tasks done  tasks/s",
-        "----------  ---------------  ------------  ---------",
-        "OCR         50.0                       40  0.50",
-        "",
-        "backlog peaks:",
-        "pool    category      peak pending  at",
-        "------  ----------  --------------  ---------------------",
-        "gpu     OCR                     12  2027-01-15 08:00:03.0",
-        "",
-        "stale episodes (1):",
-        "worker    started                length    outcome",
-        "--------  ---------------------  --------  ---------",
-        "gpu-1     2027-01-15 08:00:20.0  4.5 s     recovered",
-        "",
-        "dead workers (1):",
-        "worker    at                     detail",
-        "--------  ---------------------  -------------",
-        "cpu-2     2027-01-15 08:00:50.0  pid 9 is gone",
-        "",
-        "scheduler cycles: 100; cycle time mean 2 ms, p95 5 ms, max 10 ms; writes skipped 1; "
-        "late cycles 0",
-    ])
+    assert render.report_text(rep) == "\n".join(
+        [
+            "run 5: started 2027-01-15 08:00:00.0, ended 2027-01-15 08:01:40.0 (terminate)",
+            "length 1 m 40 s; drained in 1 m 20 s (idle from 2027-01-15 08:01:20.0)",
+            "",
+            "workers; gaps under stale_after (3.0 s) show as -:",
+            "worker    busy    seen      utilisation      stale episodes  longest beat gap",
+            "--------  ------  --------  -------------  ----------------  ------------------",
+            "gpu-1     50.0 s  1 m 40 s  50%                           1  7.5 s",
+            "",
+            "categories (tasks per second until the drain):",
+            "category    busy worker-s      tasks done  tasks/s",
+            "----------  ---------------  ------------  ---------",
+            "OCR         50.0                       40  0.50",
+            "",
+            "backlog peaks:",
+            "pool    category      peak pending  at",
+            "------  ----------  --------------  ---------------------",
+            "gpu     OCR                     12  2027-01-15 08:00:03.0",
+            "",
+            "stale episodes (1):",
+            "worker    started                length    outcome",
+            "--------  ---------------------  --------  ---------",
+            "gpu-1     2027-01-15 08:00:20.0  4.5 s     recovered",
+            "",
+            "dead workers (1):",
+            "worker    at                     detail",
+            "--------  ---------------------  -------------",
+            "cpu-2     2027-01-15 08:00:50.0  pid 9 is gone",
+            "",
+            "scheduler cycles: 100; cycle time mean 2 ms, p95 5 ms, max 10 ms; writes skipped 1; "
+            "late cycles 0",
+        ]
+    )
     data = json.loads(render.report_text(rep, "json"))
-    assert data["stale_episodes"] == [{
-        "worker_id": "gpu-1", "started": "2027-01-15T08:00:20.000+00:00", "seconds": 4.5,
-        "outcome": "recovered", "recovered": True,
-    }]
+    assert data["stale_episodes"] == [
+        {
+            "worker_id": "gpu-1",
+            "started": "2027-01-15T08:00:20.000+00:00",
+            "seconds": 4.5,
+            "outcome": "recovered",
+            "recovered": True,
+        }
+    ]
     assert data["time_to_drain_seconds"] == 80.0

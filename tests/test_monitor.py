@@ -14,10 +14,31 @@ PID = os.getpid()
 START = procs.start_time(PID)
 
 
-def row(wid="w", category=None, beats=1, hb=1000.0, since=None, started=990.0, exited=None,
-        pid=PID, pid_start=START, pool="gpu") -> WorkerRow:
-    return WorkerRow(wid, pid, pid_start, HOST, pool, category,
-                     since if since is not None else started, hb, started, beats, exited)
+def row(
+    wid="w",
+    category=None,
+    beats=1,
+    hb=1000.0,
+    since=None,
+    started=990.0,
+    exited=None,
+    pid=PID,
+    pid_start=START,
+    pool="gpu",
+) -> WorkerRow:
+    return WorkerRow(
+        wid,
+        pid,
+        pid_start,
+        HOST,
+        pool,
+        category,
+        since if since is not None else started,
+        hb,
+        started,
+        beats,
+        exited,
+    )
 
 
 def monitor(**kw) -> Monitor:
@@ -27,8 +48,9 @@ def monitor(**kw) -> Monitor:
 
 
 def obs(t, workers=(), backlog=None, high=5, error=None) -> Observation:
-    return Observation(read_started=t, workers=list(workers), backlog=backlog or {},
-                       high_water=high, error=error)
+    return Observation(
+        read_started=t, workers=list(workers), backlog=backlog or {}, high_water=high, error=error
+    )
 
 
 def events(cycle):
@@ -86,8 +108,9 @@ def test_dead_when_the_pid_is_gone_and_when_it_was_reused() -> None:
     child.start()
     child.join()
     m = monitor()
-    c = m.judge(obs(1000, [row("gone", pid=child.pid, pid_start=START, category="OCR")]),
-                1000.0, 0.0)
+    c = m.judge(
+        obs(1000, [row("gone", pid=child.pid, pid_start=START, category="OCR")]), 1000.0, 0.0
+    )
     assert events(c)[-1] == ("gone", "dead", "OCR")
     # This very process, but recorded with another start time: the pid was reused.
     c = m.judge(obs(1001, [row("reused", pid=PID, pid_start=(START or 0) - 100)]), 1001.0, 1.0)

@@ -19,8 +19,14 @@ def test_installed_wheel_runs_help_and_creates_a_database(tmp_path: Path) -> Non
     env.pop("VIRTUAL_ENV", None)
 
     def run(*args: str | Path) -> str:
-        out = subprocess.run([str(a) for a in args], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run(
+            [str(a) for a in args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 

@@ -37,7 +37,8 @@ def test_report_of_the_ended_run(history: History):
     assert (gpu1.stale_episodes, gpu1.longest_gap) == (0, None)
     assert workers["cpu-1"].busy_seconds == pytest.approx(2.0)
     assert (workers["gpu-2"].stale_episodes, workers["gpu-2"].longest_gap) == (
-        1, pytest.approx(13.0)  # 3 s stale on top of stale_after (10 s)
+        1,
+        pytest.approx(13.0),  # 3 s stale on top of stale_after (10 s)
     )
     categories = {c.category: c for c in r.categories}
     assert categories["OCR"].busy_seconds == pytest.approx(3.0)

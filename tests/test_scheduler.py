@@ -12,21 +12,27 @@ from pathlib import Path
 import pytest
 
 from sqlmon import ConfigError, Heartbeat, Scheduler, TaskTable, is_idle
-from sqlmon.demo import claim, complete, enqueue
 from sqlmon import db as dbmod
+from sqlmon.demo import claim, complete, enqueue
 
 from . import procs
 from .conftest import execute, sql
 
 
 def add_tasks(db: str, *rows: tuple[str, str, str]) -> None:
-    execute(db, "INSERT INTO tasks (category, pool, status, created_at) VALUES (?, ?, ?, 0)",
-            list(rows))
+    execute(
+        db, "INSERT INTO tasks (category, pool, status, created_at) VALUES (?, ?, ?, 0)", list(rows)
+    )
 
 
 def test_one_cycle_records_snapshot_counts_events_and_the_idle_row(db: str) -> None:
-    add_tasks(db, ("OCR", "gpu", "pending"), ("OCR", "gpu", "pending"), ("OCR", "gpu", "done"),
-              ("SUMMARY", "cpu", "running"))
+    add_tasks(
+        db,
+        ("OCR", "gpu", "pending"),
+        ("OCR", "gpu", "pending"),
+        ("OCR", "gpu", "done"),
+        ("SUMMARY", "cpu", "running"),
+    )
     hb = Heartbeat(db, "cpu-1", "cpu")
     hb.beat("SUMMARY")
     s = Scheduler(db, interval=1.0)
@@ -35,12 +41,17 @@ def test_one_cycle_records_snapshot_counts_events_and_the_idle_row(db: str) -> N
     assert cycle.not_idle_reason == (
         "1 task running in SUMMARY; 2 tasks pending in OCR; cpu-1 busy in SUMMARY"
     )
-    assert sql(db, "SELECT run_id, cycle, workers_busy, workers_idle, backlog_pending, "
-                   "backlog_running, idle FROM snapshots") == [(run_id, 1, 1, 0, 2, 1, 0)]
-    assert sql(db, "SELECT pool, category, busy, pending, running FROM snapshot_counts "
-                   "ORDER BY pool") == [("cpu", "SUMMARY", 1, 0, 1), ("gpu", "OCR", 0, 2, 0)]
+    assert sql(
+        db,
+        "SELECT run_id, cycle, workers_busy, workers_idle, backlog_pending, "
+        "backlog_running, idle FROM snapshots",
+    ) == [(run_id, 1, 1, 0, 2, 1, 0)]
+    assert sql(
+        db, "SELECT pool, category, busy, pending, running FROM snapshot_counts ORDER BY pool"
+    ) == [("cpu", "SUMMARY", 1, 0, 1), ("gpu", "OCR", 0, 2, 0)]
     assert sql(db, "SELECT worker_id, event, category FROM worker_events ORDER BY id") == [
-        ("cpu-1", "joined", None), ("cpu-1", "busy", "SUMMARY")
+        ("cpu-1", "joined", None),
+        ("cpu-1", "busy", "SUMMARY"),
     ]
     assert sql(db, "SELECT run_id, cycle, idle, not_idle_reason FROM scheduler_state") == [
         (run_id, 1, 0, cycle.not_idle_reason)
@@ -108,12 +119,23 @@ def test_bad_configuration_is_refused_when_built(db: str, tmp_path: Path) -> Non
 def test_task_table_in_its_own_file_is_read_only(db: str, tmp_path: Path) -> None:
     jobs = str(tmp_path / "jobs.db")
     execute(jobs, "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, kind TEXT, state TEXT)")
-    execute(jobs, "INSERT INTO jobs (kind, state) VALUES (?, ?)",
-            [("OCR", "queued"), ("OCR", "working"), ("SUMMARY", "queued"), ("OCR", "finished")])
+    execute(
+        jobs,
+        "INSERT INTO jobs (kind, state) VALUES (?, ?)",
+        [("OCR", "queued"), ("OCR", "working"), ("SUMMARY", "queued"), ("OCR", "finished")],
+    )
     before = Path(jobs).read_bytes()
-    table = TaskTable("jobs", category="kind", status="state", pool=None, id="job_id",
-                      pending=("queued",), running=("working",),
-                      pools={"OCR": "gpu", "SUMMARY": "cpu"}, database=jobs)
+    table = TaskTable(
+        "jobs",
+        category="kind",
+        status="state",
+        pool=None,
+        id="job_id",
+        pending=("queued",),
+        running=("working",),
+        pools={"OCR": "gpu", "SUMMARY": "cpu"},
+        database=jobs,
+    )
     s = Scheduler(db, backlog=table)
     s.open()
     holder = sqlite3.connect(jobs, isolation_level=None)
@@ -125,7 +147,8 @@ def test_task_table_in_its_own_file_is_read_only(db: str, tmp_path: Path) -> Non
         holder.close()
     s.close()
     assert {k: (c.pending, c.running) for k, c in cycle.counts.items()} == {
-        ("cpu", "SUMMARY"): (1, 0), ("gpu", "OCR"): (1, 1)
+        ("cpu", "SUMMARY"): (1, 0),
+        ("gpu", "OCR"): (1, 1),
     }
     assert s.writes_skipped == 0
     assert Path(jobs).read_bytes() == before
@@ -135,8 +158,15 @@ def test_names_from_configuration_are_quoted(db: str, tmp_path: Path) -> None:
     jobs = str(tmp_path / "odd.db")
     execute(jobs, 'CREATE TABLE "my tasks" ("the kind" TEXT, "select" TEXT, "group" TEXT)')
     execute(jobs, "INSERT INTO \"my tasks\" VALUES ('OCR', 'it''s queued', 'gpu')")
-    table = TaskTable("my tasks", category="the kind", status="select", pool="group", id=None,
-                      pending=("it's queued",), database=jobs)
+    table = TaskTable(
+        "my tasks",
+        category="the kind",
+        status="select",
+        pool="group",
+        id=None,
+        pending=("it's queued",),
+        database=jobs,
+    )
     s = Scheduler(db, backlog=table)
     s.open()
     assert s.step().not_idle_reason == "1 task pending in OCR"
@@ -146,8 +176,16 @@ def test_names_from_configuration_are_quoted(db: str, tmp_path: Path) -> None:
 def _start(db: str, method: str, **kw):
     ctx = multiprocessing.get_context(method)
     stop, terminate = ctx.Event(), ctx.Event()
-    s = Scheduler(db, stop=stop, terminate=terminate, interval=0.1, stale_after=1.0,
-                  warn_after=1.0, start_method=method, **kw)
+    s = Scheduler(
+        db,
+        stop=stop,
+        terminate=terminate,
+        interval=0.1,
+        stale_after=1.0,
+        warn_after=1.0,
+        start_method=method,
+        **kw,
+    )
     s.start()
     return s, stop, terminate
 
@@ -201,8 +239,10 @@ def test_sigkill_leaves_the_database_whole_and_the_next_run_starts(db: str, capl
     os.kill(s.pid, signal.SIGKILL)
     s.join(10)
     assert sql(db, "PRAGMA integrity_check") == [("ok",)]
-    assert sql(db, "SELECT count(*) FROM snapshot_counts WHERE snapshot_id NOT IN "
-                   "(SELECT id FROM snapshots)") == [(0,)]
+    assert sql(
+        db,
+        "SELECT count(*) FROM snapshot_counts WHERE snapshot_id NOT IN (SELECT id FROM snapshots)",
+    ) == [(0,)]
     assert sql(db, "SELECT end_reason, ended_at FROM runs") == [(None, None)]
     assert not is_idle(db)  # dead on this host: known at once, before the row goes stale
     s2 = Scheduler(db, interval=0.1, stale_after=1.0, warn_after=1.0)
@@ -246,8 +286,11 @@ def test_dead_and_stale_workers_with_real_processes(db: str) -> None:
         stuck.kill()
         for p in (alive, stuck):
             p.join(10)
-    assert sql(db, "SELECT worker_id, event FROM worker_events WHERE event IN ('stale', 'dead') "
-                   "ORDER BY worker_id") == [("doomed", "dead"), ("stuck", "stale")]
+    assert sql(
+        db,
+        "SELECT worker_id, event FROM worker_events WHERE event IN ('stale', 'dead') "
+        "ORDER BY worker_id",
+    ) == [("doomed", "dead"), ("stuck", "stale")]
 
 
 def test_hud_is_logged_through_the_sqlmon_logger(db: str, caplog) -> None:
@@ -270,7 +313,8 @@ def test_demo_pipeline_helpers_claim_atomically(db: str) -> None:
         complete(conn, task[0], task[1], task[2])
     engine.dispose()
     assert sql(db, "SELECT category, status FROM tasks ORDER BY id") == [
-        ("OCR", "done"), ("PLATE_SMOOTH", "pending")
+        ("OCR", "done"),
+        ("PLATE_SMOOTH", "pending"),
     ]
 
 

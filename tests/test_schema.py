@@ -25,7 +25,9 @@ def test_init_creates_wal_schema_with_private_version_table(tmp_path: Path) -> N
     assert sql(path, "PRAGMA journal_mode") == [("wal",)]
     assert sql(path, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
     assert sql(path, "SELECT name FROM sqlite_master WHERE name = 'alembic_version'") == []
-    names = {n for (n,) in sql(path, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    names = {
+        n for (n,) in sql(path, "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+    }
     assert set(metadata.tables) | {"worker_intervals", "backlog_timeline"} <= names
 
 
@@ -104,7 +106,10 @@ def test_an_older_schema_is_refused_until_init_upgrades_it(tmp_path: Path) -> No
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, REVISIONS[0])  # a database made by the first release
     engine.dispose()
-    execute(path, "INSERT INTO worker_events (run_id, ts, worker_id, event) VALUES (1, 5, 'w', 'joined')")
+    execute(
+        path,
+        "INSERT INTO worker_events (run_id, ts, worker_id, event) VALUES (1, 5, 'w', 'joined')",
+    )
     with pytest.raises(SchemaTooOld, match=f"older than {HEAD}"):
         check_database(path)
     init_db(path)
@@ -134,8 +139,11 @@ def test_backlog_uses_the_partial_index(db: str) -> None:
 
 
 def test_views_give_intervals_and_backlog(db: str) -> None:
-    execute(db, "INSERT INTO runs (run_id, started_at, ended_at, pid, host, config) "
-                "VALUES (1, 99.0, 200.0, 1, 'h', '{}'), (2, 300.0, NULL, 1, 'h', '{}')")
+    execute(
+        db,
+        "INSERT INTO runs (run_id, started_at, ended_at, pid, host, config) "
+        "VALUES (1, 99.0, 200.0, 1, 'h', '{}'), (2, 300.0, NULL, 1, 'h', '{}')",
+    )
     execute(
         db,
         "INSERT INTO worker_events (run_id, ts, worker_id, event, category) VALUES (?, ?, ?, ?, ?)",
@@ -149,17 +157,23 @@ def test_views_give_intervals_and_backlog(db: str) -> None:
             (2, 301.0, "v", "joined", None),  # still idle: run 2 has not ended
         ],
     )
-    assert sql(db, "SELECT run_id, worker_id, category, state, started, ended, seconds "
-                   "FROM worker_intervals ORDER BY started") == [
+    assert sql(
+        db,
+        "SELECT run_id, worker_id, category, state, started, ended, seconds "
+        "FROM worker_intervals ORDER BY started",
+    ) == [
         (1, "w", None, "idle", 100.0, 101.0, 1.0),
         (1, "w", "OCR", "busy", 101.0, 104.0, 3.0),
         (1, "w", None, "idle", 104.0, 105.0, 1.0),
         (1, "v", "OCR", "busy", 110.0, 200.0, 90.0),
         (2, "v", None, "idle", 301.0, None, None),
     ]
-    execute(db, "INSERT INTO snapshots (id, run_id, ts, cycle, workers_busy, workers_idle, "
-                "workers_stale, workers_dead, backlog_pending, backlog_running, idle, "
-                "cycle_seconds) VALUES (7, 1, 50.0, 1, 0, 0, 0, 0, 3, 1, 0, 0.001)")
+    execute(
+        db,
+        "INSERT INTO snapshots (id, run_id, ts, cycle, workers_busy, workers_idle, "
+        "workers_stale, workers_dead, backlog_pending, backlog_running, idle, "
+        "cycle_seconds) VALUES (7, 1, 50.0, 1, 0, 0, 0, 0, 3, 1, 0, 0.001)",
+    )
     execute(db, "INSERT INTO snapshot_counts VALUES (7, 'gpu', 'OCR', 1, 3, 1)")
     assert sql(db, "SELECT ts, pool, category, pending, running, busy FROM backlog_timeline") == [
         (50.0, "gpu", "OCR", 3, 1, 1)
