@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,11 +137,20 @@ def _configure_sqlite(eng: Engine, role: Role) -> None:
                 cur.execute("PRAGMA query_only = 1")
                 return
             if role in ("admin", "scheduler"):
-                try:
-                    mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                except sqlite3.OperationalError as exc:
-                    # e.g. the -wal file cannot be created: say WAL, not just "disk I/O error".
-                    mode = f"an error: {exc}"
+                # Switching a new file to WAL takes an exclusive lock, and SQLite skips the busy
+                # handler when waiting could deadlock (another opener holds its shared lock): when
+                # several processes create the database at once, retry for the busy timeout.
+                deadline = time.monotonic() + _BUSY[role]
+                while True:
+                    try:
+                        mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    except sqlite3.OperationalError as exc:
+                        if is_busy(exc) and time.monotonic() < deadline:
+                            time.sleep(0.01)
+                            continue
+                        # e.g. the -wal file cannot be created: say WAL, not "disk I/O error".
+                        mode = f"an error: {exc}"
+                    break
                 if str(mode).lower() != "wal":
                     raise DatabaseError(
                         f"WAL journal mode did not engage (got {mode}); sqlmon needs WAL: "
