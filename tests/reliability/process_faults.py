@@ -397,7 +397,9 @@ def lock_holders(
     rig = Rig.make(tmp, separate_tasks=True)
     out = Outcome("3 write lock held: scheduler paused, sqlite3 shell")
     stop, term = Flag(), Flag()
-    enqueue(rig.tasks_db, rig.driver, 6000)
+    # Enough work for every window (~200 tasks/s): a drained queue would read as a throughput
+    # collapse and allow a true idle verdict.
+    enqueue(rig.tasks_db, rig.driver, int(400 * (3 * max(pause, hold) + pause + hold + 10)))
     procs = [
         rig.worker(f"w{i}", stop, beat_every=0.02, work=0.02, min_interval=0.5)
         for i in range(workers)
