@@ -206,6 +206,28 @@ def kill_storm(
 # -- 2. worker kills mid-claim and mid-beat ---------------------------------------------------
 
 
+def _settle_truth(rig: Rig, worker_id: str) -> None:
+    """A worker killed between its COMMIT and its ground-truth line left the truth short: the
+    task it finished still looks alive, and the successor it enqueued unknown. The driver
+    writes both from the database, before the next scheduler cycle reads anything."""
+    records = rig.truth.records()
+    ended = {r["task"] for r in records if r["k"] in ("done", "reaped")}
+    known = {t for r in records if r["k"] == "enq" for t in r["ids"]}
+    known |= {r["succ"] for r in records if r["k"] == "done" and r.get("succ") is not None}
+    for (task,) in sql(
+        rig.tasks_db, "SELECT id FROM tasks WHERE worker_id = ? AND status = 'done'", (worker_id,)
+    ):
+        if task not in ended:
+            rig.driver.write("done", task=task, succ=None, t2=time.monotonic())
+    unknown = [
+        t
+        for (t,) in sql(rig.tasks_db, "SELECT id FROM tasks WHERE status IN ('pending', 'running')")
+        if t not in known
+    ]
+    if unknown:
+        rig.driver.write("enq", ids=unknown)
+
+
 def worker_kills(
     tmp: Path, *, kills: int = 20, workers: int = 4, interval: float = 0.05, seed: int = 2
 ) -> Outcome:
@@ -253,6 +275,7 @@ def worker_kills(
         orphans |= held
         if held:
             rig.driver.write("orphan", tasks=sorted(held))
+        _settle_truth(rig, wid)
         old = p.pid
         if k % 2 == 0:  # restarted before the scheduler saw the death: replaced
             procs[wid] = p = rig.worker(wid, stop, **opts)
