@@ -6,6 +6,7 @@ Every other module gets an engine from `engine()` and a transaction from `read()
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 import time
@@ -184,12 +185,21 @@ def read(conn: Connection) -> Iterator[Connection]:
 
 @contextmanager
 def write(conn: Connection) -> Iterator[Connection]:
-    """One write transaction that holds the write lock from its first statement."""
+    """One write transaction that holds the write lock from its first statement.
+
+    The garbage collector waits until it ends: a collection while the lock is held stalls every
+    writer, and in a process forked from a large parent one can take a hundred milliseconds
+    (it touches, and so copies, every inherited page).
+    """
     conn.execution_options(sqlmon_write=True)
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         with conn.begin():
             yield conn
     finally:
+        if collecting:
+            gc.enable()
         conn.execution_options(sqlmon_write=False)
 
 

@@ -5,6 +5,7 @@ task table, and never sets a shutdown flag.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -108,6 +109,9 @@ class Scheduler(multiprocessing.Process):
 
     def run(self) -> None:
         """The process body: cycles until terminate (or SIGTERM / SIGINT), then closes its run."""
+        # Objects inherited through fork are never collected here: scanning them would copy
+        # every page of a large parent, slowly, and possibly while holding the write lock.
+        gc.freeze()
         _log_to_terminal(self.log_level)
         reason = "terminate"
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -177,13 +181,16 @@ class Scheduler(multiprocessing.Process):
             host=self._host,
             late_factor=config.LATE_FACTOR,
         )
+        # What earlier runs left is read before the write lock is taken, which is then held
+        # only for the two rows a start writes.
+        with dbmod.read(self._conn):
+            self.monitor.seed(history.last_events(self._conn))
         # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
         dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
         with dbmod.write(self._conn):
             self.run_id, unended = history.start_run(
                 self._conn, now=now, pid=os.getpid(), host=self._host, settings=s
             )
-            self.monitor.seed(history.last_events(self._conn))
         dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
         if unended:
             # One line, however many kills came before: after a kill storm, a line per open run
