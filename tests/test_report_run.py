@@ -54,7 +54,8 @@ def test_report_of_the_ended_run(history: History):
     assert [(d.worker_id, d.at - t0) for d in r.dead] == [("cpu-2", pytest.approx(1))]
     c = r.cycles
     assert (c.cycles, c.writes_skipped, c.late) == (20, 0, 0)
-    assert 0 < c.mean <= c.p95 <= c.max
+    # One slow cycle (the first, compiling its statements) can lift the mean above the p95.
+    assert 0 < c.mean <= c.max and 0 < c.p95 <= c.max
 
 
 def test_report_of_a_vanished_run_runs_to_its_last_snapshot(history: History):
