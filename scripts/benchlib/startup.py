@@ -4,9 +4,11 @@ sqlalchemy alone, each in a fresh interpreter, alternated so that both see the s
 
 from __future__ import annotations
 
+import compileall
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from .sizes import Sizes
@@ -43,6 +45,11 @@ def _probe(module: str, db: str, build: bool) -> dict[str, Any]:
 
 
 def measure(db: str, sizes: Sizes) -> dict[str, Any]:
+    # An installed sqlmon has its bytecode, as SQLAlchemy in the venv does; a checkout run with
+    # PYTHONDONTWRITEBYTECODE (set on this machine) would recompile sqlmon at every import.
+    import sqlmon
+
+    compileall.compile_dir(str(Path(sqlmon.__file__).parent), quiet=1)
     runs: dict[str, list[dict[str, Any]]] = {"sqlalchemy": [], "sqlmon": []}
     for _ in range(sizes.startup_runs):
         runs["sqlalchemy"].append(_probe("sqlalchemy", db, False))

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import random
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -27,14 +28,50 @@ PERIOD = 0.010  # s between category changes
 JITTER = 0.005  # s either side
 
 
+# The physical limit under the same load: a hand-written upsert on a plain sqlite3 connection
+# with the heartbeat's pragmas and SQLite's own 0.1 s busy timeout, no scheduler running.
+RAW_UPSERT = (
+    "INSERT INTO worker_status (worker_id, pid, host, pool, category, category_since,"
+    " last_heartbeat, started_at) VALUES (?, ?, 'bench', 'cpu', ?, ?, ?, ?)"
+    " ON CONFLICT (worker_id) DO UPDATE SET category = excluded.category,"
+    " category_since = excluded.category_since, last_heartbeat = excluded.last_heartbeat,"
+    " beats = beats + 1"
+)
+
+
+class _RawBeat:
+    def __init__(self, db: str, worker_id: str) -> None:
+        self.conn = sqlite3.connect(db, isolation_level=None, timeout=0.1)
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 8000")
+        self.worker_id, self.pid, self.missed = worker_id, os.getpid(), 0
+
+    def beat(self, category: str | None) -> None:
+        now = time.time()
+        try:
+            self.conn.execute(RAW_UPSERT, (self.worker_id, self.pid, category, now, now, now))
+        except sqlite3.OperationalError:
+            self.missed += 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def worker(
-    db: str, worker_id: str, ready: Any, go: Any, seconds: float, out: str, seed: int
+    db: str,
+    worker_id: str,
+    ready: Any,
+    go: Any,
+    seconds: float,
+    out: str,
+    seed: int,
+    raw: bool = False,
 ) -> None:
     """A worker process: one category change every PERIOD ± JITTER; each beat timed."""
     rng = random.Random(seed)
     latencies = array.array("q")
     exceptions = 0
-    hb = Heartbeat(db, worker_id, "cpu")
+    hb: Any = _RawBeat(db, worker_id) if raw else Heartbeat(db, worker_id, "cpu")
     hb.beat(None)  # connection opened before the clock starts, as in a worker's first task
     ready.put(worker_id)
     go.wait()
@@ -123,7 +160,36 @@ def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
         p.join()
     sampler.stop()
     stop_at = time.time()
-    return _collect(outs, sampler, start_at, killed_at, stop_at, sizes)
+    result = _collect(outs, sampler, start_at, killed_at, stop_at, sizes)
+    raw = _measure_raw(workdir, sizes, ctx)
+    result.update({f"raw_{k}": raw[k] for k in ("p50_us", "p99_us", "p999_us", "max_us", "missed")})
+    return result
+
+
+def _measure_raw(workdir: str, sizes: Sizes, ctx: Any) -> dict[str, Any]:
+    """The same workers and load on raw sqlite3, no scheduler: what this machine allows."""
+    db = os.path.join(workdir, "tails-raw.db")
+    init_db(db)
+    ready, go = ctx.Queue(), ctx.Event()
+    outs, procs = [], []
+    for i in range(sizes.tail_workers):
+        out = os.path.join(workdir, f"tail-raw-{i}")
+        args = (db, f"cpu-{i}", ready, go, sizes.tail_alive_s, out, i, True)
+        p = ctx.Process(target=worker, args=args)
+        p.start()
+        outs.append(out)
+        procs.append(p)
+    for _ in procs:
+        ready.get(timeout=120)
+    sampler = _WalSampler(db + "-wal")
+    sampler.start()
+    start_at = time.time()
+    go.set()
+    for p in procs:
+        p.join()
+    sampler.stop()
+    now = time.time()
+    return _collect(outs, sampler, start_at, now, now, sizes)
 
 
 def _collect(

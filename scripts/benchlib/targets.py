@@ -72,7 +72,9 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"tails p99.9 <= 1 ms at {tl.get('workers')} workers",
         x,
         x is not None and x <= 1000,
-        f"{x:.0f} us (p99 {tl.get('p99_us', 0):.0f} us, max {tl.get('max_us', 0):.0f} us)"
+        f"{x:.0f} us (p99 {tl.get('p99_us', 0):.0f} us, max {tl.get('max_us', 0):.0f} us;"
+        f" raw sqlite3 under the same load: p99.9 {tl.get('raw_p999_us', 0):.0f} us,"
+        f" p99 {tl.get('raw_p99_us', 0):.0f} us)"
         if x is not None
         else "",
     )
