@@ -135,21 +135,8 @@ def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
         db, terminate=terminate, interval=1.0, log_level=logging.WARNING, start_method=method
     )
     scheduler.start()
-    ready, go = ctx.Queue(), ctx.Event()
     seconds = sizes.tail_alive_s + sizes.tail_dead_s
-    outs, procs = [], []
-    for i in range(sizes.tail_workers):
-        out = os.path.join(workdir, f"tail-{i}")
-        p = ctx.Process(target=worker, args=(db, f"cpu-{i}", ready, go, seconds, out, i))
-        p.start()
-        outs.append(out)
-        procs.append(p)
-    for _ in procs:
-        ready.get(timeout=120)
-    sampler = _WalSampler(db + "-wal")
-    sampler.start()
-    start_at = time.time()
-    go.set()
+    outs, procs, sampler, start_at = _start_workers(ctx, db, workdir, "tail", sizes, seconds)
     time.sleep(sizes.tail_alive_s)
     # SIGKILL: no clean close, no last checkpoint, exactly what a crashed scheduler leaves.
     scheduler.kill()
@@ -170,11 +157,25 @@ def _measure_raw(workdir: str, sizes: Sizes, ctx: Any) -> dict[str, Any]:
     """The same workers and load on raw sqlite3, no scheduler: what this machine allows."""
     db = os.path.join(workdir, "tails-raw.db")
     init_db(db)
+    outs, procs, sampler, start_at = _start_workers(
+        ctx, db, workdir, "tail-raw", sizes, sizes.tail_alive_s, raw=True
+    )
+    for p in procs:
+        p.join()
+    sampler.stop()
+    now = time.time()
+    return _collect(outs, sampler, start_at, now, now, sizes)
+
+
+def _start_workers(
+    ctx: Any, db: str, workdir: str, prefix: str, sizes: Sizes, seconds: float, raw: bool = False
+) -> tuple[list[str], list[Any], _WalSampler, float]:
+    """Start the workers, wait until each has its connection, then let them all go at once."""
     ready, go = ctx.Queue(), ctx.Event()
     outs, procs = [], []
     for i in range(sizes.tail_workers):
-        out = os.path.join(workdir, f"tail-raw-{i}")
-        args = (db, f"cpu-{i}", ready, go, sizes.tail_alive_s, out, i, True)
+        out = os.path.join(workdir, f"{prefix}-{i}")
+        args = (db, f"cpu-{i}", ready, go, seconds, out, i, raw)
         p = ctx.Process(target=worker, args=args)
         p.start()
         outs.append(out)
@@ -185,11 +186,7 @@ def _measure_raw(workdir: str, sizes: Sizes, ctx: Any) -> dict[str, Any]:
     sampler.start()
     start_at = time.time()
     go.set()
-    for p in procs:
-        p.join()
-    sampler.stop()
-    now = time.time()
-    return _collect(outs, sampler, start_at, now, now, sizes)
+    return outs, procs, sampler, start_at
 
 
 def _collect(
