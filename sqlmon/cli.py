@@ -122,32 +122,29 @@ def demo(
 def render_demo_summary(db: str, result: dict[str, object]) -> str:
     from tabulate import tabulate
 
-    from .report import run_summary
+    from .report import run_report
 
-    engine = dbmod.engine(db, "read")
-    try:
-        with engine.connect() as conn, dbmod.read(conn):
-            summary = run_summary(conn, int(result["run_id"]))  # type: ignore[call-overload]
-    finally:
-        engine.dispose()
+    with inspecting(db) as conn:
+        chosen = _run(conn, int(result["run_id"]), time.time())  # type: ignore[call-overload]
+        with dbmod.read(conn):
+            r = run_report(conn, chosen.run_id, state=chosen.state, end=chosen.end)
+    done = {c.category: c.tasks_done or 0 for c in r.categories}
     verdict = "idle" if result["idle"] else "NOT idle (timed out)"
     lines = [
         "",
-        f"run {summary.run_id}: {verdict} after {result['seconds']:.1f} s; "
-        f"{sum(summary.tasks_done.values())} tasks done, "
-        f"{summary.stale_episodes} stale episode(s), {summary.dead_workers} dead worker(s)",
+        f"run {r.run_id}: {verdict} after {result['seconds']:.1f} s; "
+        f"{sum(done.values())} tasks done, "
+        f"{len(r.stale)} stale episode(s), {len(r.dead)} dead worker(s)",
         "",
-        tabulate(sorted(summary.tasks_done.items()), headers=("category", "tasks done")),
+        tabulate(sorted(done.items()), headers=("category", "tasks done")),
         "",
         tabulate(
-            [
-                (w.worker_id, f"{w.busy_seconds:.1f}", f"{w.utilisation:.0%}")
-                for w in summary.workers
-            ],
+            [(w.worker_id, f"{w.busy_seconds:.1f}", f"{w.utilisation:.0%}") for w in r.workers],
             headers=("worker", "busy s", "utilisation"),
         ),
         "",
-        f"database: {db}  (try: sqlite3 {db} 'SELECT * FROM worker_intervals LIMIT 10')",
+        f"database: {db}  (try: sqlmon report {db}, or sqlite3 {db} "
+        "'SELECT * FROM worker_intervals LIMIT 10')",
     ]
     return "\n".join(lines)
 

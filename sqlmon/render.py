@@ -92,10 +92,6 @@ def listing(rows: Sequence[Any], columns: Sequence[Column], fmt: str) -> str:
     return _table([c.header for c in columns], ([c.human(c.get(r)) for c in columns] for r in rows))
 
 
-def _yes(flag: object) -> str:
-    return "yes" if flag else "no"
-
-
 # -- runs, history, events --------------------------------------------------------------------
 
 RUN_COLUMNS = (

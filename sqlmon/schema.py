@@ -13,8 +13,6 @@ REVISIONS = ("0001", "0002")
 HEAD = REVISIONS[-1]
 VERSION_TABLE = "sqlmon_alembic_version"  # not Alembic's default, so a host app's own is safe
 
-TASK_STATUSES = ("pending", "running", "done", "failed")
-ACTIVE_STATUSES = ("pending", "running")
 EVENTS = ("joined", "busy", "idle", "category", "stale", "recovered", "dead", "exited")
 
 metadata = sa.MetaData()
