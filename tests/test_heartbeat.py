@@ -149,3 +149,21 @@ def test_import_sqlmon_loads_neither_typer_nor_tabulate() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_dropped_beats_are_logged_at_most_once_a_minute(db: str, caplog) -> None:
+    hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
+    hb.beat("A")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level("WARNING", logger="sqlmon"):
+            for i in range(5):
+                hb.beat(f"B{i}")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert hb.missed == 5
+    assert [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()] == [
+        "heartbeat of w dropped (1 so far): database is locked"
+    ]
