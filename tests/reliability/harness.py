@@ -145,39 +145,40 @@ def check_database(path: str) -> list[str]:
     result = sql(path, "PRAGMA integrity_check")
     if result != [("ok",)]:
         problems.append(f"integrity_check: {result[:5]}")
-    orphans = sql(
-        path,
+    for query, problem in _WHOLE:
+        (count,) = sql(path, query)[0]
+        if count:
+            problems.append(f"{count} {problem}")
+    return problems
+
+
+# Each query counts the rows that break one promise of a whole file.
+_WHOLE = (
+    (
         "SELECT count(*) FROM snapshot_counts c"
         " WHERE NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.id = c.snapshot_id)",
-    )[0][0]
-    if orphans:
-        problems.append(f"{orphans} snapshot_counts rows without their snapshot")
+        "snapshot_counts rows without their snapshot",
+    ),
     # A snapshot and its counts are written together: the counts must add up to the totals.
-    torn = sql(
-        path,
+    (
         "SELECT count(*) FROM snapshots s WHERE backlog_pending + backlog_running !="
         " (SELECT coalesce(sum(pending + running), 0) FROM snapshot_counts c"
         "  WHERE c.snapshot_id = s.id)",
-    )[0][0]
-    if torn:
-        problems.append(f"{torn} snapshots whose counts do not add up to their totals")
+        "snapshots whose counts do not add up to their totals",
+    ),
     # Events are written in the transaction of their cycle's snapshot, and each event's time is
     # kept inside its cycle's window: every event has a snapshot of its run at or after it.
-    lost = sql(
-        path,
+    (
         "SELECT count(*) FROM worker_events e WHERE NOT EXISTS"
         " (SELECT 1 FROM snapshots s WHERE s.run_id = e.run_id AND s.ts >= e.ts)",
-    )[0][0]
-    if lost:
-        problems.append(f"{lost} worker_events from a cycle whose snapshot is missing")
-    state = sql(
-        path,
+        "worker_events from a cycle whose snapshot is missing",
+    ),
+    (
         "SELECT count(*) FROM scheduler_state st"
         " WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = st.run_id)",
-    )[0][0]
-    if state:
-        problems.append("the idle row names a run that does not exist")
-    return problems
+        "idle row(s) naming a run that does not exist",
+    ),
+)
 
 
 @dataclass(frozen=True)
