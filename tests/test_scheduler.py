@@ -331,3 +331,14 @@ def test_terminate_can_be_set_after_the_scheduler_was_killed_while_waiting(db: s
     setter.join(10)
     assert not setter.is_alive(), "terminate.set() hangs after the scheduler was killed"
     assert terminate.is_set()
+
+
+def test_hud_is_logged_no_more_often_than_hud_every(db: str, caplog) -> None:
+    s = Scheduler(db, interval=0.1, stale_after=1.0, warn_after=1.0, hud_every=1.0)
+    s.open()
+    with caplog.at_level("INFO", logger="sqlmon"):
+        for i in range(25):  # 2.4 s of cycles at 0.1 s, on a clock passed in
+            s.step(now=1000.0 + i / 10, mono=500.0 + i / 10)
+    s.close()
+    huds = [r for r in caplog.records if r.getMessage().startswith("cycle ")]
+    assert [r.getMessage().split(" |")[0] for r in huds] == ["cycle 1", "cycle 11", "cycle 21"]
