@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from .db import Prepared
 from .errors import ConfigError
 
 Counts = dict[tuple[str, str], tuple[int, int]]  # (pool, category) -> (pending, running)
@@ -32,6 +33,7 @@ class TaskTable:
     database: str | None = None
     id: str | None = "id"
     _sql: str = field(default="", init=False, repr=False, compare=False)
+    _prepared: Prepared | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pending, running = _values(self.pending, "pending"), _values(self.running, "running")
@@ -50,6 +52,7 @@ class TaskTable:
         if self.pools is not None:
             object.__setattr__(self, "pools", dict(self.pools))
         object.__setattr__(self, "_sql", "")
+        object.__setattr__(self, "_prepared", None)
 
     def columns(self) -> list[str]:
         return [c for c in (self.category, self.status, self.pool, self.id) if c is not None]
@@ -103,9 +106,10 @@ class TaskTable:
         counts: Counts = {}
         high: int | None = None
         pending = frozenset(self.pending)
-        for kind, pool, category, status, n, mark in conn.exec_driver_sql(
-            self.statement(conn.dialect)
-        ):
+        if self._prepared is None:
+            object.__setattr__(self, "_prepared", Prepared(self.statement(conn.dialect)))
+        assert self._prepared is not None
+        for kind, pool, category, status, n, mark in self._prepared.rows(conn):
             if kind == "m":
                 high = mark
                 continue

@@ -7,19 +7,21 @@ instant leaves either the whole cycle or none of it.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from .db import Prepared
 from .monitor import Cycle, WorkerRow
 from .schema import runs, scheduler_state, snapshot_counts, snapshots, worker_events, worker_status
 
-_WORKERS = sa.select(*(worker_status.c[f] for f in WorkerRow.__dataclass_fields__))
+_WORKERS = Prepared(sa.select(*(worker_status.c[f] for f in WorkerRow._fields)))
 
 
 def read_workers(conn: Connection) -> list[WorkerRow]:
-    return [WorkerRow(*row) for row in conn.execute(_WORKERS)]
+    return list(map(WorkerRow._make, _WORKERS.rows(conn)))
 
 
 def last_events(conn: Connection) -> list[tuple[str, str]]:
@@ -74,76 +76,99 @@ def record(
     heartbeat: float,
 ) -> None:
     """The snapshot, its counts, the cycle's events and the idle row."""
-    snapshot_id = conn.execute(
-        _INSERT_SNAPSHOT,
-        {
-            "run_id": run_id,
-            "ts": cycle.ts,
-            "cycle": cycle.cycle,
-            "workers_busy": cycle.total("busy"),
-            "workers_idle": cycle.total("idle"),
-            "workers_stale": cycle.total("stale"),
-            "workers_dead": cycle.total("dead"),
-            "backlog_pending": cycle.pending,
-            "backlog_running": cycle.running,
-            "idle": int(cycle.idle),
-            "cycle_seconds": cycle_seconds,
-            "writes_skipped": writes_skipped,
-            "late": int(cycle.late),
-        },
-    ).inserted_primary_key[0]  # type: ignore[index]
+    states = Counter(w.state for w in cycle.workers)
+    snapshot_id = _INSERT_SNAPSHOT.insert(
+        conn,
+        (
+            run_id,
+            cycle.ts,
+            cycle.cycle,
+            states["busy"],
+            states["idle"],
+            states["stale"],
+            states["dead"],
+            cycle.pending,
+            cycle.running,
+            int(cycle.idle),
+            cycle_seconds,
+            writes_skipped,
+            int(cycle.late),
+        ),
+    )
     if cycle.counts:
-        conn.execute(
-            _INSERT_COUNTS,
+        _INSERT_COUNTS.many(
+            conn,
             [
-                {
-                    "snapshot_id": snapshot_id,
-                    "pool": pool,
-                    "category": category,
-                    "busy": c.busy,
-                    "pending": c.pending,
-                    "running": c.running,
-                }
+                (snapshot_id, pool, category, c.busy, c.pending, c.running)
                 for (pool, category), c in cycle.counts.items()
             ],
         )
     if cycle.events:
-        conn.execute(
-            _INSERT_EVENTS,
+        _INSERT_EVENTS.many(
+            conn,
             [
-                {
-                    "run_id": run_id,
-                    "ts": e.ts,
-                    "worker_id": e.worker_id,
-                    "event": e.event,
-                    "category": e.category,
-                    "pid": e.pid,
-                    "detail": e.detail,
-                }
+                (run_id, e.ts, e.worker_id, e.event, e.category, e.pid, e.detail)
                 for e in cycle.events
             ],
         )
-    conn.execute(
-        _UPDATE_STATE,
-        {
-            "run_id": run_id,
-            "heartbeat": heartbeat,
-            "cycle": cycle.cycle,
-            "idle": int(cycle.idle),
-            "idle_since": cycle.idle_since,
-            "verdict_since": cycle.verdict_since,
-            "not_idle_reason": cycle.not_idle_reason,
-            "stop_seen": int(stop_seen),
-        },
+    _UPDATE_STATE.run(
+        conn,
+        (
+            run_id,
+            heartbeat,
+            cycle.cycle,
+            int(cycle.idle),
+            cycle.idle_since,
+            cycle.verdict_since,
+            cycle.not_idle_reason,
+            int(stop_seen),
+        ),
     )
 
 
-# Built once, values bound at execute: a statement built with .values() each cycle spends more
-# on SQLAlchemy's cache key than on the write (measured in scripts/bench.py).
-_INSERT_SNAPSHOT = sa.insert(snapshots)
-_INSERT_COUNTS = sa.insert(snapshot_counts)
-_INSERT_EVENTS = sa.insert(worker_events)
-_UPDATE_STATE = sa.update(scheduler_state).where(scheduler_state.c.id == 1)
+def _insert(table: sa.Table, *names: str) -> Prepared:
+    return Prepared(sa.insert(table).values({n: sa.bindparam(n) for n in names}), names)
+
+
+# Prepared once: a statement built with .values() each cycle spends more on SQLAlchemy's cache
+# key than on the write, and one run through Connection.execute more on its bookkeeping.
+_INSERT_SNAPSHOT = _insert(
+    snapshots,
+    "run_id",
+    "ts",
+    "cycle",
+    "workers_busy",
+    "workers_idle",
+    "workers_stale",
+    "workers_dead",
+    "backlog_pending",
+    "backlog_running",
+    "idle",
+    "cycle_seconds",
+    "writes_skipped",
+    "late",
+)
+_INSERT_COUNTS = _insert(
+    snapshot_counts, "snapshot_id", "pool", "category", "busy", "pending", "running"
+)
+_INSERT_EVENTS = _insert(
+    worker_events, "run_id", "ts", "worker_id", "event", "category", "pid", "detail"
+)
+_STATE = (
+    "heartbeat",
+    "cycle",
+    "idle",
+    "idle_since",
+    "verdict_since",
+    "not_idle_reason",
+    "stop_seen",
+)
+_UPDATE_STATE = Prepared(
+    sa.update(scheduler_state)
+    .where(scheduler_state.c.id == sa.literal_column("1"))
+    .values(run_id=sa.bindparam("run_id"), **{n: sa.bindparam(n) for n in _STATE}),
+    ("run_id", *_STATE),
+)
 
 
 def end_run(conn: Connection, run_id: int, *, now: float, reason: str) -> None:

@@ -10,6 +10,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import procs
 from .backlog import Counts
@@ -17,8 +18,9 @@ from .backlog import Counts
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class WorkerRow:
+# The per-worker records are named tuples: a scheduler cycle builds two for each worker, and
+# a frozen dataclass costs several times more to build (measured in scripts/bench.py's cycle).
+class WorkerRow(NamedTuple):
     """One worker_status row as read."""
 
     worker_id: str
@@ -45,8 +47,7 @@ class Observation:
     error: str | None = None  # the read failed: nothing is known, so nothing is idle
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     ts: float
     worker_id: str
     event: str
@@ -55,8 +56,7 @@ class Event:
     detail: str | None = None
 
 
-@dataclass(frozen=True)
-class WorkerView:
+class WorkerView(NamedTuple):
     worker_id: str
     pool: str
     pid: int
@@ -67,8 +67,7 @@ class WorkerView:
     beats: int
 
 
-@dataclass(frozen=True)
-class Count:
+class Count(NamedTuple):
     busy: int = 0
     pending: int = 0
     running: int = 0
@@ -277,15 +276,15 @@ class Monitor:
 
     @staticmethod
     def _view(row: WorkerRow, state: str, now: float, mono: float, t: _Tracked) -> WorkerView:
-        return WorkerView(
-            worker_id=row.worker_id,
-            pool=row.pool,
-            pid=row.pid,
-            category=row.category if state in ("busy", "stale") else None,
-            state=state,
-            heartbeat_age=now - row.last_heartbeat,
-            stale_for=mono - t.beats_mono,
-            beats=row.beats,
+        return WorkerView(  # by position: twice as quick as by keyword, 64 times a cycle
+            row.worker_id,
+            row.pool,
+            row.pid,
+            row.category if state in ("busy", "stale") else None,
+            state,
+            now - row.last_heartbeat,
+            mono - t.beats_mono,
+            row.beats,
         )
 
     @staticmethod

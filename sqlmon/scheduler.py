@@ -165,6 +165,7 @@ class Scheduler(multiprocessing.Process):
         now = time.time() if now is None else now
         self._host = socket.gethostname()
         self._url = dbmod.to_url(self.db)
+        self._wal = dbmod.wal_path(self._url)
         self._engine = dbmod.engine(self._url, "scheduler")
         self._conn = self._engine.connect()
         # The task table in its own file is opened read-only: the monitor never takes its lock.
@@ -258,23 +259,23 @@ class Scheduler(multiprocessing.Process):
             if mono - self._last_skip_log >= 60.0:
                 self._last_skip_log = mono
                 log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
-        else:
-            self._checkpoint()
-        self._watch_wal()
+        self._keep_wal_small()
         if mono - self._last_hud >= self.settings["hud_every"]:
             self._last_hud = mono
             log.info("%s", hud.render(cycle))
         return cycle
 
-    def _checkpoint(self) -> None:
-        # A failed checkpoint loses nothing (the next cycle's tries again): counted, not fatal.
-        try:
-            dbmod.checkpoint(self._conn)
-        except sa.exc.DatabaseError as exc:
-            self.errors[f"checkpoint: {describe(exc)}"] += 1
-
-    def _watch_wal(self) -> None:
-        size = dbmod.wal_size(self._url)
+    def _keep_wal_small(self) -> None:
+        # The regular checkpoints ran inside the commit above (see db.restart_wal); past the
+        # restart size, the WAL is emptied here. A failed checkpoint loses nothing (the next
+        # cycle tries again): counted, not fatal.
+        size = dbmod.wal_size(self._wal)
+        if size > config.WAL_RESTART_BYTES:
+            try:
+                dbmod.restart_wal(self._conn)
+            except sa.exc.DatabaseError as exc:
+                self.errors[f"checkpoint: {describe(exc)}"] += 1
+            size = dbmod.wal_size(self._wal)
         if size > config.WAL_WARN_BYTES and not self._wal_warned:
             self._wal_warned = True
             log.warning(

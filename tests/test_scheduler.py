@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from sqlmon import ConfigError, Heartbeat, Scheduler, TaskTable, is_idle
+from sqlmon import ConfigError, Heartbeat, Scheduler, TaskTable, config, is_idle
 from sqlmon import db as dbmod
 from sqlmon.demo import claim, complete, enqueue
 
@@ -101,6 +102,54 @@ def test_write_is_skipped_not_stalled_while_someone_holds_the_lock(db: str) -> N
     s.step()
     assert sql(db, "SELECT cycle, writes_skipped FROM snapshots") == [(2, 1)]
     s.close()
+
+
+def _fill_wal(db: str, kib: int) -> None:
+    """Commit about `kib` KiB of tasks from a connection that never checkpoints itself."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    for _ in range(kib // 4):
+        conn.execute(
+            "INSERT INTO tasks (category, pool, status, created_at, payload)"
+            " VALUES ('OCR', 'gpu', 'done', 0, hex(randomblob(2000)))"
+        )
+    conn.close()
+
+
+def test_the_scheduler_commit_checkpoints_once_the_wal_holds_enough(db: str) -> None:
+    s = Scheduler(db, interval=1.0)
+    s.open()
+    s.step()
+    before = os.path.getsize(db)
+    _fill_wal(db, 1200)  # about 300 frames: past SCHEDULER_AUTOCHECKPOINT_PAGES
+    assert os.path.getsize(db) == before  # all of it waits in the WAL
+    s.step()  # its commit checkpoints (PASSIVE): the tasks move into the database file
+    assert os.path.getsize(db) >= before + 1_000_000
+    s.close()
+
+
+def test_a_wal_past_the_restart_size_is_emptied(db: str, monkeypatch) -> None:
+    monkeypatch.setattr(config, "WAL_RESTART_BYTES", 256 * 1024)
+    s = Scheduler(db, interval=1.0)
+    s.open()
+    _fill_wal(db, 600)
+    assert os.path.getsize(db + "-wal") > 256 * 1024
+    s.step()
+    assert os.path.getsize(db + "-wal") == 0
+    assert sql(db, "SELECT count(*) FROM tasks") == [(150,)]
+    s.step()  # and the WAL in use again after its restart
+    assert sql(db, "SELECT max(cycle) FROM snapshots") == [(2,)]
+    s.close()
+
+
+def test_a_failing_prepared_statement_raises_as_sqlalchemy_does(db: str) -> None:
+    # The scheduler's except clauses catch SQLAlchemy's errors: a statement run on the
+    # driver's cursor must fail the same way.
+    engine = dbmod.engine(db, "scheduler")
+    with engine.connect() as conn, dbmod.read(conn):
+        with pytest.raises(sa.exc.OperationalError, match="no such table"):
+            dbmod.Prepared("SELECT * FROM nowhere").rows(conn)
+    engine.dispose()
 
 
 def test_bad_configuration_is_refused_when_built(db: str, tmp_path: Path) -> None:
