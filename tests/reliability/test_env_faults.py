@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -349,9 +350,11 @@ def test_sixteen_workers_opening_at_once_never_raise(tmp_path: Path) -> None:
                         hb.beat("OCR" if n % 2 else None)
                     hb.close()
                 except BaseException:  # noqa: BLE001 (the exit code tells the parent)
+                    (tmp_path / f"{rnd}-{i}.err").write_text(traceback.format_exc())
                     code = 1
                 finally:
                     os._exit(code)
             children.append(pid)
         failed += sum(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) != 0 for p in children)
-    assert failed == 0
+    raised = [f.read_text().strip().splitlines()[-1] for f in sorted(tmp_path.glob("*.err"))]
+    assert failed == 0, f"{failed} of 80 workers raised: {raised}"
