@@ -165,14 +165,22 @@ class Heartbeat:
                 self._open()
             wall = time.time()
             if category != self._category:
-                text, since = _text(category), wall
+                # A str needs no conversion: a call saved on the path of every write.
+                text = category if type(category) is str else _text(category)
+                since = wall
             else:
                 text, since = self._category_text, self._category_since
             row = (*self._row, text, since, wall, self._started_at, wall if exited else None)
-            # While someone holds the lock for long (a paused scheduler, a person in the sqlite3
-            # shell), waiting would cost every change of category the whole busy timeout: until
-            # a beat gets through, beats try the lock once. The last write gets its full wait.
-            self._execute(row, 0.0 if self._contended and not exited else self._busy_wait)
+            try:
+                self._cursor.execute(self._sql, row)  # the row is in _COLUMNS order
+            except self._errors as exc:
+                # While someone holds the lock for long (a paused scheduler, a person in the
+                # sqlite3 shell), waiting would cost every change of category the whole busy
+                # timeout: until a beat gets through, beats try the lock once. The last write
+                # gets its full wait.
+                if not dbmod.is_busy(exc) or (self._contended and not exited):
+                    raise
+                self._retry(row, self._busy_wait, exc)
         except self._errors as exc:
             # A locked database, a full disk, an I/O error: drop this beat, the next one tries.
             self.missed += 1
@@ -187,30 +195,29 @@ class Heartbeat:
         self._category, self._category_text, self._category_since = category, text, since
         self._last_write = now
 
-    def _execute(self, row: tuple[Any, ...], wait: float) -> None:
-        """The upsert, retried on SQLITE_BUSY for up to `wait` s.
+    def _retry(self, row: tuple[Any, ...], wait: float, busy: BaseException) -> None:
+        """The upsert again after `busy` (SQLITE_BUSY), for up to `wait` s; `busy` is raised
+        when the lock is not had by then.
 
         SQLite's own busy handler sleeps 1 ms at its first retry, then longer; a writer holds
         the lock for tens of microseconds, so the heartbeat's connection has no busy timeout
         (see db.py) and waits here in steps that start at 20 us instead.
         """
-        delay, deadline = 20e-6, None
-        while True:
+        delay, deadline = 20e-6, _monotonic() + wait
+        while _monotonic() + delay <= deadline:
             try:
-                self._cursor.execute(self._sql, row)  # the row is in _COLUMNS order
+                time.sleep(delay)
+            except OSError:
+                break  # a sleep that fails (seen under libfaketime): give up
+            try:
+                self._cursor.execute(self._sql, row)
                 return
             except self._errors as exc:
                 if not dbmod.is_busy(exc):
                     raise
-                now = _monotonic()
-                deadline = now + wait if deadline is None else deadline
-                if now + delay > deadline:
-                    raise
-                try:
-                    time.sleep(delay)
-                except OSError:
-                    raise exc from None  # a sleep that fails (seen under libfaketime): give up
-                delay = min(delay * 2, 0.002)
+                busy = exc
+            delay = min(delay * 2, 0.002)
+        raise busy
 
 
 def _text(category: Any) -> str | None:

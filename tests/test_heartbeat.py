@@ -102,6 +102,44 @@ def test_locked_database_drops_the_beat_counts_it_and_never_raises(db: str) -> N
     assert hb.missed == 1
 
 
+def test_a_lock_let_go_while_the_beat_waits_lets_the_beat_through(db: str, monkeypatch) -> None:
+    hb = Heartbeat(db, "w", "cpu")
+    hb.beat("A")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    sleeps = []
+
+    def let_go(seconds: float) -> None:  # the holder commits during the beat's first wait
+        sleeps.append(seconds)
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+
+    monkeypatch.setattr(time, "sleep", let_go)
+    hb.beat("B")
+    holder.close()
+    assert sleeps == [20e-6]  # it waited once, in the heartbeat's own first step
+    assert hb.missed == 0
+    assert sql(db, "SELECT category FROM worker_status") == [("B",)]
+
+
+def test_a_sleep_that_fails_while_waiting_drops_the_beat(db: str, monkeypatch) -> None:
+    hb = Heartbeat(db, "w", "cpu")
+    hb.beat("A")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def broken(_seconds: float) -> None:  # as seen under libfaketime
+        raise OSError("sleep failed")
+
+    monkeypatch.setattr(time, "sleep", broken)
+    try:
+        hb.beat("B")
+        assert hb.missed == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_deleted_database_file_never_raises(db: str, tmp_path: Path) -> None:
     hb = Heartbeat(db, "w", "cpu")
     hb.beat("A")
