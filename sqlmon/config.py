@@ -8,7 +8,7 @@ IDLE_CONFIRM = 2  # consecutive idle cycles, same task high-water mark, before s
 HUD_EVERY = 1.0  # s between HUD log lines, never more often
 LATE_FACTOR = 2.0  # a cycle later than this many intervals means the scheduler was paused
 SCHEDULER_BUSY_TIMEOUT = 0.25  # s the scheduler waits for the write lock before skipping a write
-WAL_RESTART_BYTES = 4 * 1024 * 1024  # past this, the scheduler checkpoints and empties the WAL
+WAL_RESTART_BYTES = 4 * 1024 * 1024  # past this, the scheduler starts the WAL over (db.shrink_wal)
 WAL_WARN_BYTES = 64 * 1024 * 1024  # the scheduler warns once when the WAL grows past this
 
 # Worker heartbeat

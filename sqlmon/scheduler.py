@@ -266,13 +266,13 @@ class Scheduler(multiprocessing.Process):
         return cycle
 
     def _keep_wal_small(self) -> None:
-        # The regular checkpoints ran inside the commit above (see db.restart_wal); past the
-        # restart size, the WAL is emptied here. A failed checkpoint loses nothing (the next
-        # cycle tries again): counted, not fatal.
+        # The regular checkpoints ran inside the commit above (see db.shrink_wal); past the
+        # restart size, the WAL is started over or emptied here. A failed checkpoint loses
+        # nothing (the next cycle tries again): counted, not fatal.
         size = dbmod.wal_size(self._wal)
         if size > config.WAL_RESTART_BYTES:
             try:
-                dbmod.restart_wal(self._conn)
+                dbmod.shrink_wal(self._conn)
             except sa.exc.DatabaseError as exc:
                 self.errors[f"checkpoint: {describe(exc)}"] += 1
             size = dbmod.wal_size(self._wal)

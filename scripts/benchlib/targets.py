@@ -72,9 +72,10 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"tails p99.9 <= 1 ms at {tl.get('workers')} workers",
         x,
         x is not None and x <= 1000,
-        f"{x:.0f} us (p99 {tl.get('p99_us', 0):.0f} us, max {tl.get('max_us', 0):.0f} us;"
-        f" raw sqlite3 under the same load: p99.9 {tl.get('raw_p999_us', 0):.0f} us,"
-        f" p99 {tl.get('raw_p99_us', 0):.0f} us)"
+        f"{x:.0f} us with the scheduler running (p99 {tl.get('p99_us', 0):.0f} us, max"
+        f" {tl.get('max_us', 0):.0f} us; raw sqlite3 under the same load: p99.9"
+        f" {tl.get('raw_p999_us', 0):.0f} us, p99 {tl.get('raw_p99_us', 0):.0f} us;"
+        f" after the scheduler's SIGKILL: p99.9 {tl.get('dead_p999_us') or 0:.0f} us)"
         if x is not None
         else "",
     )
@@ -103,11 +104,12 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 1.3,
         f"{x:.2f}x ({large:.2f} vs {small:.2f} ms)" if x else "",
     )
+    x = max(small, large) if small and large else None
     target(
-        "cycle median <= 5 ms (1M tasks)",
-        large,
-        large is not None and large <= 5,
-        f"{large:.2f} ms" if large else "",
+        "cycle median <= 5 ms (10k and 1M tasks)",
+        x,
+        x is not None and x <= 5,
+        f"{small:.2f} ms at 10k, {large:.2f} ms at 1M" if x else "",
     )
     x = max(cpu) if cpu else None
     target(
@@ -181,7 +183,8 @@ def render(r: dict[str, Any]) -> str:
     t = r["tails"]
     lines.append(
         f"tails, {t['workers']} workers, {t['beats_per_s']:.0f} beats/s: p50 {t['p50_us']:.0f} us,"
-        f" p99 {t['p99_us']:.0f} us, p99.9 {t['p999_us']:.0f} us, max {t['max_us']:.0f} us;"
+        f" p99 {t['p99_us']:.0f} us, p99.9 {t['p999_us']:.0f} us, max {t['max_us']:.0f} us"
+        f" (scheduler running; after its SIGKILL p99.9 {t['dead_p999_us'] or 0:.0f} us);"
         f" missed {t['missed']}, exceptions {t['exceptions']}; WAL peak"
         f" {t['wal_peak_alive_mb']:.1f} MB alive, {t['wal_peak_dead_mb']:.1f} MB dead"
     )
