@@ -73,7 +73,9 @@ class Heartbeat:
         self._started_at = 0.0
         self._category_text: str | None = None
         self._category_since = 0.0
-        self._sql = ""
+        self._sql = ""  # the upsert
+        self._update_sql: str | None = None  # this incarnation's row, when it is there
+        self._key: tuple[Any, ...] = ()  # worker_id, pid, started_at: the UPDATE's WHERE
         # A file gone or replaced since the check is as much a dropped beat as a locked one.
         # sqlite3.Error from the start: opening runs the connection's PRAGMAs, whose errors
         # (a busy WAL index while 16 workers start at once) SQLAlchemy passes on unwrapped.
@@ -149,10 +151,12 @@ class Heartbeat:
         # Compiled once, for positional parameters bound from one tuple: SQLAlchemy 2 recompiles
         # an SQLite upsert on every execute, which would cost more than the write itself, and
         # binding by name costs the beat a few microseconds more than by position.
-        compiled = _upsert("sqlite").compile(dialect=pysqlite.dialect(paramstyle="qmark"))
-        if tuple(compiled.positiontup or ()) != _COLUMNS:
-            raise RuntimeError(f"heartbeat upsert binds {compiled.positiontup}, not {_COLUMNS}")
-        self._sql = compiled.string
+        dialect = pysqlite.dialect(paramstyle="qmark")
+        self._sql = _positional(_upsert("sqlite"), dialect, _COLUMNS)
+        # Once this incarnation's row exists, a beat is a plain UPDATE of what a beat changes:
+        # about 1.2 us less than the upsert, which also tries an INSERT and sets every column.
+        self._update_sql = _positional(_update(), dialect, _UPDATED + _KEY)
+        self._key = (self.worker_id, pid, wall)
         self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
         self._engine, self._conn = engine, conn
         self._busy_wait = config.WORKER_BUSY_TIMEOUT
@@ -170,9 +174,9 @@ class Heartbeat:
                 since = wall
             else:
                 text, since = self._category_text, self._category_since
-            row = (*self._row, text, since, wall, self._started_at, wall if exited else None)
+            values = (text, since, wall, wall if exited else None)
             try:
-                self._cursor.execute(self._sql, row)  # the row is in _COLUMNS order
+                self._store(values)
             except self._errors as exc:
                 # While someone holds the lock for long (a paused scheduler, a person in the
                 # sqlite3 shell), waiting would cost every change of category the whole busy
@@ -180,7 +184,7 @@ class Heartbeat:
                 # gets its full wait.
                 if not dbmod.is_busy(exc) or (self._contended and not exited):
                     raise
-                self._retry(row, self._busy_wait, exc)
+                self._retry(values, self._busy_wait, exc)
         except self._errors as exc:
             # A locked database, a full disk, an I/O error: drop this beat, the next one tries.
             self.missed += 1
@@ -195,8 +199,20 @@ class Heartbeat:
         self._category, self._category_text, self._category_since = category, text, since
         self._last_write = now
 
-    def _retry(self, row: tuple[Any, ...], wait: float, busy: BaseException) -> None:
-        """The upsert again after `busy` (SQLITE_BUSY), for up to `wait` s; `busy` is raised
+    def _store(self, values: tuple[Any, ...]) -> None:
+        """Write (category, category_since, last_heartbeat, exited_at): an UPDATE of this
+        incarnation's row, or the upsert when there is none (its first beat, a pruned row, or
+        the portable path). Each statement is its own small transaction."""
+        cursor = self._cursor
+        if self._update_sql is not None:
+            cursor.execute(self._update_sql, (*values, *self._key))
+            if cursor.rowcount == 1:
+                return
+        text, since, wall, exited_at = values
+        cursor.execute(self._sql, (*self._row, text, since, wall, self._started_at, exited_at))
+
+    def _retry(self, values: tuple[Any, ...], wait: float, busy: BaseException) -> None:
+        """The write again after `busy` (SQLITE_BUSY), for up to `wait` s; `busy` is raised
         when the lock is not had by then.
 
         SQLite's own busy handler sleeps 1 ms at its first retry, then longer; a writer holds
@@ -210,7 +226,7 @@ class Heartbeat:
             except OSError:
                 break  # a sleep that fails (seen under libfaketime): give up
             try:
-                self._cursor.execute(self._sql, row)
+                self._store(values)
                 return
             except self._errors as exc:
                 if not dbmod.is_busy(exc):
@@ -259,6 +275,23 @@ def _upsert(name: str) -> Any:
     )
 
 
+def _update() -> Any:
+    t = worker_status
+    return (
+        sa.update(t)
+        .where(*(t.c[c] == sa.bindparam(c) for c in _KEY))
+        .values({**{c: sa.bindparam(c) for c in _UPDATED}, "beats": t.c.beats + _ONE})
+    )
+
+
+def _positional(stmt: Any, dialect: Any, names: tuple[str, ...]) -> str:
+    """The statement's SQL, compiled once, after checking that it binds `names` in order."""
+    compiled = stmt.compile(dialect=dialect)
+    if tuple(compiled.positiontup or ()) != names:
+        raise RuntimeError(f"heartbeat statement binds {compiled.positiontup}, not {names}")
+    return str(compiled.string)
+
+
 _ONE: Any = sa.literal_column("1")  # rendered in the SQL: the prepared statement binds no constant
 _COLUMNS = (
     "worker_id",
@@ -272,3 +305,5 @@ _COLUMNS = (
     "started_at",
     "exited_at",
 )
+_UPDATED = ("category", "category_since", "last_heartbeat", "exited_at")  # what a beat changes
+_KEY = ("worker_id", "pid", "started_at")  # one incarnation's row
