@@ -692,7 +692,7 @@ def long_reader(
             f"{o.figures['missed_during']} beats missed behind the reader",
         )
         o.expect(warnings == 1, f"{warnings} WAL warnings for one long reader")
-        # Counted in the scheduler's own cycles (it checkpoints once per cycle), not in time.
+        # Counted in the scheduler's own cycles (each ends by keeping the WAL small), not in time.
         o.expect(
             shrink_cycles is not None and shrink_cycles <= 2,
             f"the WAL shrank back after {shrink_cycles} cycles, not within two",
