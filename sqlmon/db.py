@@ -243,6 +243,10 @@ class Prepared:
         self._sql: str | None = None
 
     def _compiled(self, conn: Connection) -> str:
+        # On the driver's cursor nothing begins a transaction: outside read() or write() each
+        # statement would commit alone, and a kill between two could leave half a cycle.
+        if not conn.in_transaction():
+            raise RuntimeError("a prepared statement runs inside db.read() or db.write()")
         if self._sql is None:
             if isinstance(self.stmt, str):
                 self._sql = self.stmt
@@ -293,7 +297,7 @@ class Prepared:
             cur.executemany(sql, rows)
 
 
-def shrink_wal(conn: Connection) -> None:
+def shrink_wal(conn: Connection) -> str | None:
     """Keep a large WAL from growing further, and give its file back once the load is light
     (SQLite only). The scheduler calls this while the -wal file is past WAL_RESTART_BYTES.
 
@@ -309,25 +313,27 @@ def shrink_wal(conn: Connection) -> None:
     called again until the WAL grows back. Either may hold writers back for at most a 10 ms
     busy wait (a reader still open), well inside a beat's busy timeout; a TRUNCATE under load
     would cost beats more (measured: p99.9 2.3 -> 14 ms at 16 workers), hence only when quiet.
+    Returns the mode that got through, if one did.
     """
     if conn.dialect.name != "sqlite" or conn.in_transaction():
-        return
+        return None
     ((busy, frames, copied),) = _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
     if busy or copied < frames:  # type: ignore[operator]
-        return  # a reader still needs older frames: nothing more to win now
+        return None  # a reader still needs older frames: nothing more to win now
     ((page_size,),) = _pragma(conn, "PRAGMA page_size")
     if frames * page_size >= config.WAL_RESTART_BYTES:  # type: ignore[operator]
         mode = "RESTART"
     elif frames < config.SCHEDULER_AUTOCHECKPOINT_PAGES:  # type: ignore[operator]
         mode = "TRUNCATE"
     else:
-        return
+        return None
     ((wait_ms,),) = _pragma(conn, "PRAGMA busy_timeout")
     _pragma(conn, "PRAGMA busy_timeout = 10")
     try:
-        _pragma(conn, f"PRAGMA wal_checkpoint({mode})")
+        ((busy, _frames, _copied),) = _pragma(conn, f"PRAGMA wal_checkpoint({mode})")
     finally:
         _pragma(conn, f"PRAGMA busy_timeout = {wait_ms}")
+    return None if busy else mode
 
 
 def set_busy_timeout(conn: Connection, seconds: float) -> None:

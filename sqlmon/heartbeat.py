@@ -1,8 +1,9 @@
 """The worker side: `Heartbeat` upserts this worker's row in worker_status.
 
 A beat that changes nothing inside `min_interval` is a comparison and a clock read. A beat that
-writes is one autocommitted upsert, prepared once, on a DBAPI connection held for the life of
-the process. Once built, a Heartbeat never raises into the worker's loop.
+writes is one autocommitted UPDATE of this incarnation's row (the upsert when the row is not
+there: the first beat of a process), each prepared once, on a DBAPI connection held for the
+life of the process. Once built, a Heartbeat never raises into the worker's loop.
 """
 
 from __future__ import annotations

@@ -116,12 +116,13 @@ def _fill_wal(db: str, kib: int) -> None:
     conn.close()
 
 
-def test_the_scheduler_commit_checkpoints_once_the_wal_holds_enough(db: str) -> None:
+def test_the_scheduler_commit_checkpoints_once_the_wal_holds_enough(db: str, monkeypatch) -> None:
+    monkeypatch.setattr(config, "WAL_RESTART_BYTES", 1 << 30)  # only the commit checkpoints
     s = Scheduler(db, interval=1.0)
     s.open()
     s.step()
     before = os.path.getsize(db)
-    _fill_wal(db, 1200)  # about 300 frames: past SCHEDULER_AUTOCHECKPOINT_PAGES
+    _fill_wal(db, 1200)  # about 1,200 frames: past SCHEDULER_AUTOCHECKPOINT_PAGES
     assert os.path.getsize(db) == before  # all of it waits in the WAL
     s.step()  # its commit checkpoints (PASSIVE): the tasks move into the database file
     assert os.path.getsize(db) >= before + 1_000_000
@@ -132,6 +133,9 @@ def test_a_large_wal_starts_over_in_its_file_then_is_emptied_once_the_load_drops
     db: str, monkeypatch
 ) -> None:
     monkeypatch.setattr(config, "WAL_RESTART_BYTES", 256 * 1024)
+    modes: list[str | None] = []
+    shrink = dbmod.shrink_wal
+    monkeypatch.setattr(dbmod, "shrink_wal", lambda conn: modes.append(shrink(conn)))
     s = Scheduler(db, interval=1.0)
     s.open()
     _fill_wal(db, 600)
@@ -140,12 +144,15 @@ def test_a_large_wal_starts_over_in_its_file_then_is_emptied_once_the_load_drops
     # The WAL holds more than the restart size: it starts over, in the same file (emptying a
     # file that writers are appending to costs them more; see db.shrink_wal).
     s.step()
+    assert modes == ["RESTART"]
     assert os.path.getsize(db + "-wal") >= size
     # The next cycle finds it holding little, the load gone: the file is given back.
     s.step()
+    assert modes == ["RESTART", "TRUNCATE"]
     assert os.path.getsize(db + "-wal") == 0
     assert sql(db, "SELECT count(*) FROM tasks") == [(150,)]
     s.step()  # and the WAL is in use again after its truncation
+    assert modes == ["RESTART", "TRUNCATE"]  # a small WAL is left alone
     assert sql(db, "SELECT max(cycle) FROM snapshots") == [(3,)]
     s.close()
 
@@ -154,9 +161,12 @@ def test_a_failing_prepared_statement_raises_as_sqlalchemy_does(db: str) -> None
     # The scheduler's except clauses catch SQLAlchemy's errors: a statement run on the
     # driver's cursor must fail the same way.
     engine = dbmod.engine(db, "scheduler")
-    with engine.connect() as conn, dbmod.read(conn):
-        with pytest.raises(sa.exc.OperationalError, match="no such table"):
+    with engine.connect() as conn:
+        with dbmod.read(conn), pytest.raises(sa.exc.OperationalError, match="no such table"):
             dbmod.Prepared("SELECT * FROM nowhere").rows(conn)
+        # Outside a transaction each statement would commit alone: refused.
+        with pytest.raises(RuntimeError, match="inside db.read"):
+            dbmod.Prepared("SELECT 1").rows(conn)
     engine.dispose()
 
 
