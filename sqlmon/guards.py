@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 from .errors import DatabaseError
@@ -30,6 +31,11 @@ NETWORK_FS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "ceph", "glusterfs", "lustre",
      "9p", "gpfs", "beegfs", "davfs", "sshfs"}
 )  # fmt: skip
+
+# A -wal / -shm file found unwritable is looked at this many times, this far apart (s), before
+# it is reported: SQLite removes and recreates both while connections come and go.
+_SIDECAR_LOOKS = 3
+_SIDECAR_PAUSE = 0.005
 
 _version_checked = False
 _warned_dirs: set[str] = set()
@@ -113,18 +119,19 @@ def sidecar_problem(path: str) -> str | None:
 
     They are left by the first process that opened the database: another user's reader leaves
     them owned by that user, and then every write of ours fails ("readonly database").
+
+    While the database is in use SQLite creates and deletes both files (the last connection to
+    close removes them), and access() says no for a file that is not there: a file found
+    unwritable counts only if it is still there, the same file, after the access check, and
+    only if it is found so on every one of a few looks, so that one that was being removed or
+    replaced meanwhile is not taken for another user's.
     """
-    blocked = []
-    for suffix in ("-wal", "-shm"):
-        side = path + suffix
-        try:
-            st = os.stat(side)
-        except OSError:
-            continue
-        if not os.access(side, os.W_OK):
-            blocked.append((side, st.st_uid))
-    if not blocked:
-        return None
+    for look in range(_SIDECAR_LOOKS):
+        if look:
+            time.sleep(_SIDECAR_PAUSE)
+        blocked = [b for b in (_unwritable(path + s) for s in ("-wal", "-shm")) if b is not None]
+        if not blocked:
+            return None
     names = " ".join(_quote(side) for side, _ in blocked)
     owners = ", ".join(sorted({_user(uid) for _, uid in blocked}))
     me = _user(os.geteuid())
@@ -133,6 +140,23 @@ def sidecar_problem(path: str) -> str | None:
         f"so every write would fail; stop that user's process, then run: "
         f"sudo chown {me} {names}"
     )
+
+
+def _unwritable(side: str) -> tuple[str, int] | None:
+    """(side, its owner's uid) when the file is there and this process cannot write it."""
+    try:
+        before = os.stat(side)
+    except OSError:
+        return None  # not there: SQLite creates it with the database's mode
+    if os.access(side, os.W_OK):
+        return None
+    try:
+        after = os.stat(side)
+    except OSError:
+        return None  # removed meanwhile (the last connection closed): access() saw no file
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        return None  # replaced meanwhile: a database in use, not files left behind
+    return side, after.st_uid
 
 
 def require_writable_sidecars(path: str) -> None:
