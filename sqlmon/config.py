@@ -10,6 +10,7 @@ LATE_FACTOR = 2.0  # a cycle later than this many intervals means the scheduler 
 SCHEDULER_BUSY_TIMEOUT = 0.25  # s the scheduler waits for the write lock before skipping a write
 WAL_RESTART_BYTES = 4 * 1024 * 1024  # past this, the scheduler starts the WAL over (db.shrink_wal)
 WAL_WARN_BYTES = 64 * 1024 * 1024  # the scheduler warns once when the WAL grows past this
+UNWRITTEN_EVENTS = 100_000  # worker events kept for the next write while writes fail
 
 # Worker heartbeat
 MIN_INTERVAL = 0.5  # s: a repeated beat with the same category inside this writes nothing

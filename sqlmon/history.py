@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from .db import Prepared
-from .monitor import Cycle, WorkerRow
+from .monitor import Cycle, Event, WorkerRow
 from .schema import runs, scheduler_state, snapshot_counts, snapshots, worker_events, worker_status
 
 _WORKERS = Prepared(sa.select(*(worker_status.c[f] for f in WorkerRow._fields)))
@@ -74,8 +75,11 @@ def record(
     writes_skipped: int,
     stop_seen: bool,
     heartbeat: float,
+    events: Sequence[Event] | None = None,
 ) -> None:
-    """The snapshot, its counts, the cycle's events and the idle row."""
+    """The snapshot, its counts, the cycle's events (or `events`: with those of cycles whose
+    write was skipped) and the idle row."""
+    events = cycle.events if events is None else events
     states = Counter(w.state for w in cycle.workers)
     snapshot_id = _INSERT_SNAPSHOT.insert(
         conn,
@@ -103,14 +107,7 @@ def record(
                 for (pool, category), c in cycle.counts.items()
             ],
         )
-    if cycle.events:
-        _INSERT_EVENTS.many(
-            conn,
-            [
-                (run_id, e.ts, e.worker_id, e.event, e.category, e.pid, e.detail)
-                for e in cycle.events
-            ],
-        )
+    add_events(conn, run_id, events)
     _UPDATE_STATE.run(
         conn,
         (
@@ -124,6 +121,14 @@ def record(
             int(stop_seen),
         ),
     )
+
+
+def add_events(conn: Connection, run_id: int, events: Sequence[Event]) -> None:
+    if events:
+        _INSERT_EVENTS.many(
+            conn,
+            [(run_id, e.ts, e.worker_id, e.event, e.category, e.pid, e.detail) for e in events],
+        )
 
 
 def _insert(table: sa.Table, *names: str) -> Prepared:

@@ -23,7 +23,7 @@ from . import db as dbmod
 from .backlog import TaskTable
 from .errors import ConfigError, SqlmonError
 from .migrate import check_database, describe
-from .monitor import Cycle, Monitor, Observation
+from .monitor import Cycle, Event, Monitor, Observation
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ class Scheduler(multiprocessing.Process):
                 else "",
             )
         self.writes_skipped = 0
+        self._unwritten: list[Event] = []  # events of cycles whose write failed, oldest first
         # Errors this run met, by stage and kind ("write: disk I/O error"): told at the end.
         self.errors: Counter[str] = Counter()
         self._last_hud = -float("inf")
@@ -239,6 +240,9 @@ class Scheduler(multiprocessing.Process):
         cycle = self.monitor.judge(self.read(now), now, mono)
         stop_seen = self.stop_event is not None and self.stop_event.is_set()
         seconds = time.perf_counter() - started
+        # The judge reports each transition once: those of a cycle whose write fails wait for
+        # the next write, or they would be lost (a restart never said to be a new incarnation).
+        events = self._unwritten + cycle.events if self._unwritten else cycle.events
         try:
             with dbmod.write(self._conn):
                 history.record(
@@ -249,11 +253,16 @@ class Scheduler(multiprocessing.Process):
                     writes_skipped=self.writes_skipped,
                     stop_seen=stop_seen,
                     heartbeat=now + seconds,
+                    events=events,
                 )
             self.writes_skipped = 0
+            self._unwritten = []
         except sa.exc.DatabaseError as exc:
             # The write lock was not had quickly, the disk is full, an I/O error: skip this
             # cycle's write rather than stall or die; the idle row goes stale, never idle.
+            # Its snapshot is lost (counted in the next one's writes_skipped); its events wait,
+            # the newest UNWRITTEN_EVENTS of them.
+            self._unwritten = events[-config.UNWRITTEN_EVENTS :]
             self.writes_skipped += 1
             self.errors[f"write: {describe(exc)}"] += 1
             if mono - self._last_skip_log >= 60.0:
@@ -294,6 +303,7 @@ class Scheduler(multiprocessing.Process):
         try:
             dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
             with dbmod.write(self._conn):
+                history.add_events(self._conn, self.run_id, self._unwritten)
                 history.end_run(self._conn, self.run_id, now=now, reason=reason)
             log.info("scheduler run %d ended (%s)%s", self.run_id, reason, self._error_summary())
         except sa.exc.DatabaseError as exc:

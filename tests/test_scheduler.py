@@ -170,6 +170,48 @@ def test_a_failing_prepared_statement_raises_as_sqlalchemy_does(db: str) -> None
     engine.dispose()
 
 
+def test_events_of_a_cycle_whose_write_was_skipped_are_written_with_the_next(db: str) -> None:
+    # Found by the worker-kills scenario: a restart judged in a skipped cycle was never said to
+    # be a new incarnation, the judge reporting each transition once.
+    s = Scheduler(db, interval=1.0)
+    s.open()
+    hb = Heartbeat(db, "cpu-1", "cpu")
+    hb.beat("OCR")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        skipped = s.step()
+        assert s.writes_skipped == 1
+        assert [e.event for e in skipped.events] == ["joined", "busy"]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    hb.beat(None)
+    s.step()
+    assert sql(db, "SELECT cycle, writes_skipped FROM snapshots") == [(2, 1)]
+    assert sql(db, "SELECT event, category FROM worker_events ORDER BY id") == [
+        ("joined", None),
+        ("busy", "OCR"),
+        ("idle", None),
+    ]
+    # And those still unwritten when the run ends are written with its end.
+    hb.beat("SUMMARY")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        s.step()
+        assert s.writes_skipped == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    s.close("test")
+    assert sql(db, "SELECT event, category FROM worker_events ORDER BY id")[-1] == (
+        "busy",
+        "SUMMARY",
+    )
+    hb.close()
+
+
 def test_bad_configuration_is_refused_when_built(db: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="interval must be above 0"):
         Scheduler(db, interval=0)
