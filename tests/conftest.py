@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,17 @@ def execute(path: str, query: str, params: tuple | list = ()) -> None:
                 conn.execute(query, params)
     finally:
         conn.close()
+
+
+@contextmanager
+def write_lock_held(path: str) -> Iterator[sqlite3.Connection]:
+    """Another connection holds the write lock for the block, as a person in the sqlite3 shell
+    would; it is let go (rolled back) at the end unless the block let go of it already."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield holder
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()

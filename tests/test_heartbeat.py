@@ -16,7 +16,7 @@ from sqlmon import Heartbeat
 from sqlmon.errors import DatabaseMissing, NotInitialised
 
 from . import procs
-from .conftest import execute, sql
+from .conftest import execute, sql, write_lock_held
 
 ROW = (
     "SELECT pid, pool, category, beats, exited_at IS NOT NULL FROM worker_status "
@@ -89,14 +89,9 @@ def test_misconfiguration_raises_when_built(tmp_path: Path) -> None:
 def test_locked_database_drops_the_beat_counts_it_and_never_raises(db: str) -> None:
     hb = Heartbeat(db, "w", "cpu")
     hb.beat("A")
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with write_lock_held(db):
         hb.beat("B")  # waits its short busy timeout, then drops the beat
         assert hb.missed == 1
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     hb.beat("B")  # the next beat tries again
     assert sql(db, "SELECT category FROM worker_status") == [("B",)]
     assert hb.missed == 1
@@ -105,18 +100,16 @@ def test_locked_database_drops_the_beat_counts_it_and_never_raises(db: str) -> N
 def test_a_lock_let_go_while_the_beat_waits_lets_the_beat_through(db: str, monkeypatch) -> None:
     hb = Heartbeat(db, "w", "cpu")
     hb.beat("A")
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
     sleeps = []
+    with write_lock_held(db) as holder:
 
-    def let_go(seconds: float) -> None:  # the holder commits during the beat's first wait
-        sleeps.append(seconds)
-        if holder.in_transaction:
-            holder.execute("ROLLBACK")
+        def let_go(seconds: float) -> None:  # the holder lets go during the beat's first wait
+            sleeps.append(seconds)
+            if holder.in_transaction:
+                holder.execute("ROLLBACK")
 
-    monkeypatch.setattr(time, "sleep", let_go)
-    hb.beat("B")
-    holder.close()
+        monkeypatch.setattr(time, "sleep", let_go)
+        hb.beat("B")
     assert sleeps == [20e-6]  # it waited once, in the heartbeat's own first step
     assert hb.missed == 0
     assert sql(db, "SELECT category FROM worker_status") == [("B",)]
@@ -125,9 +118,6 @@ def test_a_lock_let_go_while_the_beat_waits_lets_the_beat_through(db: str, monke
 def test_a_sleep_that_fails_while_waiting_drops_the_beat(db: str, monkeypatch) -> None:
     hb = Heartbeat(db, "w", "cpu")
     hb.beat("A")
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-
     sleeps = []
 
     def broken(seconds: float) -> None:  # as seen under libfaketime
@@ -135,13 +125,10 @@ def test_a_sleep_that_fails_while_waiting_drops_the_beat(db: str, monkeypatch) -
         raise OSError("sleep failed")
 
     monkeypatch.setattr(time, "sleep", broken)
-    try:
+    with write_lock_held(db):
         hb.beat("B")
         assert sleeps == [20e-6]  # it did try to wait, once
         assert hb.missed == 1
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
 
 
 def test_a_row_gone_or_taken_over_is_written_whole_again_with_beats_from_one(db: str) -> None:
@@ -213,15 +200,9 @@ def test_import_sqlmon_loads_neither_typer_nor_tabulate() -> None:
 def test_dropped_beats_are_logged_at_most_once_a_minute(db: str, caplog) -> None:
     hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
     hb.beat("A")
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        with caplog.at_level("WARNING", logger="sqlmon"):
-            for i in range(5):
-                hb.beat(f"B{i}")
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    with write_lock_held(db), caplog.at_level("WARNING", logger="sqlmon"):
+        for i in range(5):
+            hb.beat(f"B{i}")
     assert hb.missed == 5
     assert [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()] == [
         "heartbeat of w dropped (1 so far): database is locked"

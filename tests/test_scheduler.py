@@ -17,7 +17,7 @@ from sqlmon import db as dbmod
 from sqlmon.demo import claim, complete, enqueue
 
 from . import procs
-from .conftest import execute, sql
+from .conftest import execute, sql, write_lock_held
 
 
 def add_tasks(db: str, *rows: tuple[str, str, str]) -> None:
@@ -91,14 +91,9 @@ def test_a_stale_idle_row_never_reads_as_idle(db: str) -> None:
 def test_write_is_skipped_not_stalled_while_someone_holds_the_lock(db: str) -> None:
     s = Scheduler(db, interval=1.0)
     s.open()
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with write_lock_held(db):
         s.step()
         assert s.writes_skipped == 1
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     s.step()
     assert sql(db, "SELECT cycle, writes_skipped FROM snapshots") == [(2, 1)]
     s.close()
@@ -177,15 +172,10 @@ def test_events_of_a_cycle_whose_write_was_skipped_are_written_with_the_next(db:
     s.open()
     hb = Heartbeat(db, "cpu-1", "cpu")
     hb.beat("OCR")
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with write_lock_held(db):
         skipped = s.step()
         assert s.writes_skipped == 1
         assert [e.event for e in skipped.events] == ["joined", "busy"]
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     hb.beat(None)
     s.step()
     assert sql(db, "SELECT cycle, writes_skipped FROM snapshots") == [(2, 1)]
@@ -196,14 +186,9 @@ def test_events_of_a_cycle_whose_write_was_skipped_are_written_with_the_next(db:
     ]
     # And those still unwritten when the run ends are written with its end.
     hb.beat("SUMMARY")
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
+    with write_lock_held(db):
         s.step()
         assert s.writes_skipped == 1
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     s.close("test")
     assert sql(db, "SELECT event, category FROM worker_events ORDER BY id")[-1] == (
         "busy",
@@ -247,13 +232,8 @@ def test_task_table_in_its_own_file_is_read_only(db: str, tmp_path: Path) -> Non
     )
     s = Scheduler(db, backlog=table)
     s.open()
-    holder = sqlite3.connect(jobs, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # a claim in progress never delays the monitor
-    try:
+    with write_lock_held(jobs):  # a claim in progress never delays the monitor
         cycle = s.step()
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     s.close()
     assert {k: (c.pending, c.running) for k, c in cycle.counts.items()} == {
         ("cpu", "SUMMARY"): (1, 0),
