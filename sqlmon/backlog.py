@@ -32,7 +32,6 @@ class TaskTable:
     pools: Mapping[str, str] | None = None
     database: str | None = None
     id: str | None = "id"
-    _sql: str = field(default="", init=False, repr=False, compare=False)
     _prepared: Prepared | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +50,6 @@ class TaskTable:
             raise ConfigError("TaskTable without a pool column needs pools={category: pool}")
         if self.pools is not None:
             object.__setattr__(self, "pools", dict(self.pools))
-        object.__setattr__(self, "_sql", "")
         object.__setattr__(self, "_prepared", None)
 
     def columns(self) -> list[str]:
@@ -75,38 +73,34 @@ class TaskTable:
         index on the active statuses when it can see the values at prepare time. A plain count
         per status, in the index's order, costs a third less than summing CASEs per row.
         """
-        if not self._sql:
-            t = sa.table(self.table, *(sa.column(c) for c in self.columns()))
-            status, category = t.c[self.status], t.c[self.category]
-            pool = t.c[self.pool] if self.pool is not None else sa.null()
-            counts = (
-                sa.select(
-                    sa.literal_column("'c'").label("kind"),
-                    pool.label("pool"),
-                    category.label("category"),
-                    status.label("status"),
-                    sa.func.count().label("n"),
-                    sa.null().label("high_water"),
-                )
-                .where(status.in_(self.pending + self.running))
-                .group_by(pool, category, status)
+        t = sa.table(self.table, *(sa.column(c) for c in self.columns()))
+        status, category = t.c[self.status], t.c[self.category]
+        pool = t.c[self.pool] if self.pool is not None else sa.null()
+        counts = (
+            sa.select(
+                sa.literal_column("'c'").label("kind"),
+                pool.label("pool"),
+                category.label("category"),
+                status.label("status"),
+                sa.func.count().label("n"),
+                sa.null().label("high_water"),
             )
-            high = sa.func.max(t.c[self.id]) if self.id is not None else sa.null()
-            mark = sa.select(
-                sa.literal_column("'m'"), sa.null(), sa.null(), sa.null(), sa.null(), high
-            )
-            sql = sa.union_all(counts, mark).compile(
-                dialect=dialect, compile_kwargs={"literal_binds": True}
-            )
-            object.__setattr__(self, "_sql", str(sql))
-        return self._sql
+            .where(status.in_(self.pending + self.running))
+            .group_by(pool, category, status)
+        )
+        high = sa.func.max(t.c[self.id]) if self.id is not None else sa.null()
+        mark = sa.select(sa.literal_column("'m'"), sa.null(), sa.null(), sa.null(), sa.null(), high)
+        sql = sa.union_all(counts, mark).compile(
+            dialect=dialect, compile_kwargs={"literal_binds": True}
+        )
+        return str(sql)
 
     def read(self, conn: sa.Connection) -> tuple[Counts, int | None]:
         """(counts per (pool, category), high-water mark) from one statement."""
         counts: Counts = {}
         high: int | None = None
         pending = frozenset(self.pending)
-        if self._prepared is None:
+        if self._prepared is None:  # compiled once, for the connection's dialect
             object.__setattr__(self, "_prepared", Prepared(self.statement(conn.dialect)))
         assert self._prepared is not None
         for kind, pool, category, status, n, mark in self._prepared.rows(conn):
