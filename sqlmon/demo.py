@@ -209,7 +209,9 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         stop.set()  # the pipeline's own flags: set by the main process, never by sqlmon
         terminate.set()
         _join(workers)
-        _next_cycle(settings.db, timeout=5 * settings.interval)
+        # The cycle in flight may have read worker_status before the last exit: the second
+        # one from now began after the joins, so it sees every exit.
+        _cycles_pass(settings.db, 2, timeout=6 * settings.interval)
         monitor_done.set()
         _join([scheduler])
     return {
@@ -228,8 +230,8 @@ def _join(processes: list[Any]) -> None:
             p.join()
 
 
-def _next_cycle(db: str, timeout: float) -> None:
-    """Wait until the scheduler completes one more cycle (or `timeout` s pass)."""
+def _cycles_pass(db: str, n: int, timeout: float) -> None:
+    """Wait until the scheduler completes `n` more cycles (or `timeout` s pass)."""
     from .schema import scheduler_state
 
     engine = dbmod.engine(db, "read")
@@ -242,7 +244,7 @@ def _next_cycle(db: str, timeout: float) -> None:
             while time.monotonic() < deadline:
                 time.sleep(0.05)
                 with dbmod.read(conn):
-                    if conn.execute(query).scalar() != first:
+                    if (conn.execute(query).scalar() or 0) >= (first or 0) + n:
                         return
     finally:
         engine.dispose()

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,18 @@ class Rig:
 
     def wall(self, mono: float) -> float:
         return mono + (self.clock.samples[0])
+
+
+def judging_cycles(cycle: Callable[[], Any], limit: int = 12) -> Iterator[tuple[int, Any]]:
+    """Run `cycle` up to `limit` times, numbering only the cycles that could judge: a late
+    one (the driver's own work between steps, a stall of this loaded machine) judges no death
+    and no idle by design, so a criterion in cycles does not count it."""
+    n = 0
+    for _ in range(limit):
+        c = cycle()
+        if not c.late:
+            n += 1
+            yield n, c
 
 
 def _beat_figures(out: Outcome, rig: Rig) -> tuple[int, int]:
@@ -246,9 +259,14 @@ def worker_kills(
     s = rig.scheduler(interval=interval, stale_after=5.0, warn_after=5.0)
     s.open()
 
+    late = 0
+
     def cycle() -> Any:
+        nonlocal late
         time.sleep(interval)
-        return s.step()
+        c = s.step()
+        late += c.late
+        return c
 
     wait_for(lambda: sql(rig.db, "SELECT count(*) FROM worker_status")[0][0] == workers, GUARD)
     for _ in range(3):
@@ -281,8 +299,12 @@ def worker_kills(
             procs[wid] = p = rig.worker(wid, stop, **opts)
             every.append(p)
         if seen and seen[0][0] == old:
-            for c in range(1, 4):
-                cycle()
+            for c, _ in judging_cycles(cycle):
+                if c > 3:
+                    out.problems.append(
+                        f"kill {k + 1}: {wid} (pid {old}) not reported dead in 3 judging cycles"
+                    )
+                    break
                 if sql(
                     rig.db,
                     "SELECT 1 FROM worker_events"
@@ -292,9 +314,7 @@ def worker_kills(
                     worst = max(worst, c)
                     break
             else:
-                out.problems.append(
-                    f"kill {k + 1}: {wid} (pid {old}) not reported dead in 3 cycles"
-                )
+                out.problems.append(f"kill {k + 1}: {wid} (pid {old}): 12 cycles, all but 3 late")
         else:
             unseen += 1  # killed before its first beat: the row still named the older process
         if k % 2 == 1:  # restarted after the scheduler reported the death
@@ -352,16 +372,19 @@ def worker_kills(
         for task in orphans:
             rig.driver.write("reaped", t=t, task=task)
     cycles_to_idle = 0
-    for n in range(1, 10):
-        if cycle().idle:
+    for n, c in judging_cycles(cycle):
+        if c.idle:
             cycles_to_idle = n
             break
-    out.expect(0 < cycles_to_idle <= 3, f"idle {cycles_to_idle or 'never'} cycles after the reap")
+    out.expect(
+        0 < cycles_to_idle <= 3, f"idle {cycles_to_idle or 'never'} judging cycles after the reap"
+    )
     stop.set()
     stopped = stop_all(every)
     for _ in range(2):
         cycle()
     s.close("terminate")
+    out.figures["late cycles"] = late
     out.problems += stopped
     rig.finish(out, every)
     out.problems += false_idles(rig.db, Activity.from_truth(rig.truth), rig.clock, 2)
@@ -483,8 +506,9 @@ def lock_holders(
         ratio = rate(a, b) / before if before else 0.0
         out.figures[f"throughput {name}/before"] = round(ratio, 2)
         # Beats that each waited out the busy timeout cut it to ~10%; the machine's own noise
-        # (2 shared cores) moves it by a third either way.
-        out.expect(ratio >= 0.5, f"throughput fell to {ratio:.0%} while the lock was held ({name})")
+        # (2 shared cores, one 2 s window against the one before) moves it by a third either
+        # way, and a busy neighbour for one window by more: 0.3 tells the two apart.
+        out.expect(ratio >= 0.3, f"throughput fell to {ratio:.0%} while the lock was held ({name})")
     calls, missed = _beat_figures(out, rig)
     busy = sqlmon_config.WORKER_BUSY_TIMEOUT
     worst = max((x["max"] for x in rig.summaries()), default=0.0)
@@ -842,10 +866,18 @@ def flapping(tmp: Path, *, seconds: float = 6.0, interval: float = 0.1, seed: in
     out.figures["longest arrival gap / interval"] = round(gap / interval, 2)
     if gap < interval:  # a longer gap could be a true quiescence, judged by false_idles alone
         out.expect(not during, f"{len(during)} idle verdicts during the run")
-    after = [x for x in snaps if x.ts > last + rig.clock.error]
+    # Quiet once the last completion's COMMIT returned (its `t` is taken just before), counted
+    # in cycles that could judge: a late cycle says no idle by design.
+    quiet = rig.wall(max((r["t2"] for r in rig.truth.records("done")), default=0.0))
+    after = [x for x in snaps if x.ts > max(last, quiet) + rig.clock.error]
     first_idle = next((i for i, x in enumerate(after) if x.idle), None)
-    cycles = None if first_idle is None else after[first_idle].cycle - after[0].cycle + 1
-    out.expect(cycles is not None and cycles <= 3, f"idle {cycles} cycles after quiescence (> 3)")
+    cycles = None
+    if first_idle is not None:
+        late = sum(x.late for x in after[: first_idle + 1])
+        cycles = after[first_idle].cycle - after[0].cycle + 1 - late
+    out.expect(
+        cycles is not None and cycles <= 3, f"idle {cycles} judging cycles after quiescence (> 3)"
+    )
     out.tried = {"tasks": len(arrivals), "seconds": seconds}
     out.figures["cycles to idle"] = cycles or -1
     out.figures["idle verdicts during run"] = len(during)
@@ -994,16 +1026,22 @@ def pid_reuse(tmp: Path, *, repeats: int = 3, interval: float = 0.05) -> Outcome
             continue
         reused += 1
         cycles = 0
-        for c in range(1, 4):
+
+        def cycle() -> Any:
             time.sleep(interval)
-            s.step()
+            return s.step()
+
+        for c, _ in judging_cycles(cycle):
+            if c > 3:
+                break
             if sql(
                 rig.db, "SELECT 1 FROM worker_events WHERE worker_id = ? AND event = 'dead'", (wid,)
             ):
                 cycles = c
                 break
         out.expect(
-            0 < cycles <= 2, f"repeat {r}: pid {w.pid} reused, dead after {cycles or 'no'} cycles"
+            0 < cycles <= 2,
+            f"repeat {r}: pid {w.pid} reused, dead after {cycles or 'no'} judging cycles",
         )
         out.figures["cycles to dead (worst)"] = max(
             out.figures.get("cycles to dead (worst)", 0), cycles
