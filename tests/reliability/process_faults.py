@@ -1057,7 +1057,7 @@ def pid_reuse(tmp: Path, *, repeats: int = 3, interval: float = 0.05) -> Outcome
 
 # (scenario, CI counts, soak counts). The soak scales the kill storm by its time budget.
 SCENARIOS: list[tuple[Any, dict[str, Any], dict[str, Any]]] = [
-    (kill_storm, {"kills": 50}, {"kills": 2000}),
+    (kill_storm, {"kills": 150}, {"kills": 2000}),
     (worker_kills, {"kills": 20}, {"kills": 150}),
     (lock_holders, {"pause": 2.0, "hold": 2.0}, {"pause": 10.0, "hold": 30.0}),
     (fork_safety, {}, {"fork": 500, "spawn": 20, "forkserver": 100}),
