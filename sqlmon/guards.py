@@ -41,6 +41,12 @@ _version_checked = False
 _warned_dirs: set[str] = set()
 
 
+def has_wal_reset_bug(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> bool:
+    """Whether this SQLite has the WAL-reset bug (the scheduler then checkpoints with care)."""
+    fixed = any(version >= f and version[:2] == f[:2] for f in WAL_RESET_FIXED)
+    return not fixed and version < WAL_RESET_FIXED[-1]
+
+
 def sqlite_problem(version: tuple[int, int, int]) -> tuple[str | None, str | None]:
     """(error, warning) for an SQLite library version: an error below what sqlmon needs, a
     warning for a version with the WAL-reset corruption bug."""
@@ -52,8 +58,7 @@ def sqlite_problem(version: tuple[int, int, int]) -> tuple[str | None, str | Non
             "(Python's sqlite3 module is linked against it; upgrade the system's libsqlite3)",
             None,
         )
-    fixed = any(version >= f and version[:2] == f[:2] for f in WAL_RESET_FIXED)
-    if not fixed and version < WAL_RESET_FIXED[-1]:
+    if has_wal_reset_bug(version):
         return None, (
             f"SQLite {shown} has the WAL-reset bug that can corrupt a WAL database under "
             "concurrent checkpoints and writes (fixed in 3.51.3, 3.50.7 and 3.44.6); "

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import config, flags, history, hud
+from . import config, flags, guards, history, hud
 from . import db as dbmod
 from .backlog import TaskTable
 from .errors import ConfigError, SqlmonError
@@ -211,6 +211,8 @@ class Scheduler(multiprocessing.Process):
         self._last_hud = -float("inf")
         self._last_skip_log = -float("inf")
         self._wal_warned = False
+        self._shrinking = False  # the commit does not checkpoint: shrink_wal does, after it
+        self._careful = guards.has_wal_reset_bug()  # checkpoints never back to back
         self._opened = True
         log.info("scheduler run %d started (pid %d) on %s", self.run_id, os.getpid(), self.db)
         return self.run_id
@@ -243,6 +245,7 @@ class Scheduler(multiprocessing.Process):
         # The judge reports each transition once: those of a cycle whose write fails wait for
         # the next write, or they would be lost (a restart never said to be a new incarnation).
         events = self._unwritten + cycle.events if self._unwritten else cycle.events
+        shrinking = self._shrink_mode()
         try:
             with dbmod.write(self._conn):
                 history.record(
@@ -268,23 +271,36 @@ class Scheduler(multiprocessing.Process):
             if mono - self._last_skip_log >= 60.0:
                 self._last_skip_log = mono
                 log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
-        self._keep_wal_small()
+        self._keep_wal_small(shrinking)
         if mono - self._last_hud >= self.settings["hud_every"]:
             self._last_hud = mono
             log.info("%s", hud.render(cycle))
         return cycle
 
-    def _keep_wal_small(self) -> None:
-        # The regular checkpoints ran inside the commit above (see db.shrink_wal); past the
-        # restart size, the WAL is started over or emptied here. A failed checkpoint loses
-        # nothing (the next cycle tries again): counted, not fatal.
-        size = dbmod.wal_size(self._wal)
-        if size > config.WAL_RESTART_BYTES:
+    def _shrink_mode(self) -> bool:
+        """Whether this cycle starts the WAL over (db.shrink_wal): the -wal file is past
+        WAL_RESTART_BYTES. Then, on an SQLite with the WAL-reset bug, this cycle's commit does
+        not checkpoint, so that shrink_wal's PASSIVE pass never follows another checkpoint."""
+        shrinking = dbmod.wal_size(self._wal) > config.WAL_RESTART_BYTES
+        if shrinking != self._shrinking and self._careful:
             try:
-                dbmod.shrink_wal(self._conn)
+                dbmod.set_autocheckpoint(
+                    self._conn, 0 if shrinking else config.SCHEDULER_AUTOCHECKPOINT_PAGES
+                )
+                self._shrinking = shrinking
             except sa.exc.DatabaseError as exc:
                 self.errors[f"checkpoint: {describe(exc)}"] += 1
-            size = dbmod.wal_size(self._wal)
+            return self._shrinking
+        return shrinking
+
+    def _keep_wal_small(self, shrinking: bool) -> None:
+        # A failed checkpoint loses nothing (the next cycle tries again): counted, not fatal.
+        if shrinking:
+            try:
+                dbmod.shrink_wal(self._conn, passes=2 if self._careful else 1)
+            except sa.exc.DatabaseError as exc:
+                self.errors[f"checkpoint: {describe(exc)}"] += 1
+        size = dbmod.wal_size(self._wal)
         if size > config.WAL_WARN_BYTES and not self._wal_warned:
             self._wal_warned = True
             log.warning(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sqlmon import ConfigError, Heartbeat, Scheduler, TaskTable, config, is_idle
+from sqlmon import ConfigError, Heartbeat, Scheduler, TaskTable, config, guards, is_idle
 from sqlmon import db as dbmod
 from sqlmon.demo import claim, complete, enqueue
 
@@ -130,7 +130,9 @@ def test_a_large_wal_starts_over_in_its_file_then_is_emptied_once_the_load_drops
     monkeypatch.setattr(config, "WAL_RESTART_BYTES", 256 * 1024)
     modes: list[str | None] = []
     shrink = dbmod.shrink_wal
-    monkeypatch.setattr(dbmod, "shrink_wal", lambda conn: modes.append(shrink(conn)))
+    monkeypatch.setattr(
+        dbmod, "shrink_wal", lambda conn, passes: modes.append(shrink(conn, passes))
+    )
     s = Scheduler(db, interval=1.0)
     s.open()
     _fill_wal(db, 600)
@@ -149,6 +151,41 @@ def test_a_large_wal_starts_over_in_its_file_then_is_emptied_once_the_load_drops
     s.step()  # and the WAL is in use again after its truncation
     assert modes == ["RESTART", "TRUNCATE"]  # a small WAL is left alone
     assert sql(db, "SELECT max(cycle) FROM snapshots") == [(3,)]
+    s.close()
+
+
+@pytest.mark.parametrize("wal_reset_bug", [True, False], ids=["bug", "fixed"])
+def test_with_the_wal_reset_bug_a_shrinking_cycle_checkpoints_only_in_shrink_wal(
+    db: str, monkeypatch, wal_reset_bug: bool
+) -> None:
+    # A PASSIVE checkpoint right after one that copied everything, while another connection's
+    # commit starts the WAL over, is the pattern of SQLite's WAL-reset bug: on an affected
+    # SQLite the commit of a shrinking cycle does not checkpoint (wal_autocheckpoint 0;
+    # SQLite's own checkpoint at commit runs no statement to trace), only shrink_wal does.
+    monkeypatch.setattr(config, "WAL_RESTART_BYTES", 256 * 1024)
+    monkeypatch.setattr(guards, "has_wal_reset_bug", lambda: wal_reset_bug)
+    s = Scheduler(db, interval=1.0)
+    s.open()
+    seen: list[str] = []
+    driver = s._conn.connection.driver_connection
+    driver.set_trace_callback(lambda sql: seen.append(sql) if "wal_checkpoint(" in sql else None)
+
+    def autocheckpoint() -> int:
+        return driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+    regular = config.SCHEDULER_AUTOCHECKPOINT_PAGES
+    s.step()
+    assert autocheckpoint() == regular
+    _fill_wal(db, 600)  # past both the restart size and the commit's checkpoint threshold
+    for mode in ("RESTART", "TRUNCATE"):
+        del seen[:]
+        s.step()
+        assert autocheckpoint() == (0 if wal_reset_bug else regular)
+        assert seen == ["PRAGMA wal_checkpoint(PASSIVE)", f"PRAGMA wal_checkpoint({mode})"]
+    del seen[:]
+    s.step()  # the file given back: the commit checkpoints again, and nothing else does
+    assert autocheckpoint() == regular
+    assert seen == []
     s.close()
 
 
