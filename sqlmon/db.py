@@ -319,19 +319,23 @@ def shrink_wal(conn: Connection, passes: int = 1) -> str | None:
     starts right after one that copied everything, while another connection's commit starts
     the WAL over; fixed in 3.44.6, 3.50.7 and 3.51.3) the scheduler's commit before this call
     does not checkpoint (set_autocheckpoint 0), since its result is unknown, and `passes` is
-    2: a second PASSIVE pass follows only one that left frames behind, and what follows a
-    complete pass is the RESTART or TRUNCATE, which holds the write lock, so that no commit
-    can start the WAL over meanwhile. Unless it could not have the lock within its 10 ms and
-    ran as a PASSIVE one: that narrow case remains (guards.py warns). It costs beats about
-    1 ms at p99.9 (16 workers), the RESTART copying under the write lock what came in
-    during the PASSIVE pass; one RESTART alone, copying a cycle's frames under the lock, was
-    measured and rejected: p99 0.5 -> 10.4-11 ms, p99.9 2.1-2.3 -> 28 ms.
+    2: a second PASSIVE pass follows only one that left frames behind (readers held them),
+    none follows a busy one (another connection checkpointing), and after a complete pass
+    comes the RESTART or TRUNCATE, which holds the write lock so that no commit can start
+    the WAL over meanwhile, or nothing. Unless it could not have the lock within its 10 ms
+    and ran as a PASSIVE one: that narrow case remains (guards.py warns), as do the workers'
+    own fallback checkpoints while the scheduler is dead. It costs beats about 1 ms at p99.9
+    (16 workers), the RESTART copying under the write lock what came in during the PASSIVE
+    pass; one RESTART alone, copying a cycle's frames under the lock, was measured and
+    rejected: p99 0.5 -> 10.4-11 ms, p99.9 2.1-2.3 -> 28 ms.
     """
     if conn.dialect.name != "sqlite" or conn.in_transaction():
         return None
     for _ in range(passes):
         ((busy, frames, copied),) = _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
-        if not busy and copied >= frames:  # type: ignore[operator]
+        if busy:
+            return None  # another connection is checkpointing: not right after it
+        if copied >= frames:  # type: ignore[operator]
             break  # everything copied: never another PASSIVE pass right after this one
     else:
         return None  # readers still need older frames: nothing more to win now
@@ -352,8 +356,9 @@ def shrink_wal(conn: Connection, passes: int = 1) -> str | None:
 
 
 def set_autocheckpoint(conn: Connection, pages: int) -> None:
-    """Checkpoint (PASSIVE) at each commit once the WAL holds `pages` frames; 0: never."""
-    if conn.dialect.name == "sqlite" and not conn.in_transaction():
+    """Checkpoint (PASSIVE) at each commit once the WAL holds `pages` frames; 0: never.
+    SQLite only."""
+    if conn.dialect.name == "sqlite":
         _pragma(conn, f"PRAGMA wal_autocheckpoint = {int(pages)}")
 
 

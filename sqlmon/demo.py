@@ -235,17 +235,22 @@ def _cycles_pass(db: str, n: int, timeout: float) -> None:
     from .schema import scheduler_state
 
     engine = dbmod.engine(db, "read")
-    query = sa.select(scheduler_state.c.cycle)
+    query = sa.select(scheduler_state.c.run_id, scheduler_state.c.cycle)
     try:
         with engine.connect() as conn:
             with dbmod.read(conn):
-                first = conn.execute(query).scalar()
+                first = conn.execute(query).first()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 time.sleep(0.05)
                 with dbmod.read(conn):
-                    if (conn.execute(query).scalar() or 0) >= (first or 0) + n:
-                        return
+                    now = conn.execute(query).first()
+                if now is None:
+                    continue
+                # A run that started meanwhile counts its cycles from 0.
+                base = first.cycle if first is not None and first.run_id == now.run_id else 0
+                if now.cycle >= base + n:
+                    return
     finally:
         engine.dispose()
 

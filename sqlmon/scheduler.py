@@ -211,8 +211,8 @@ class Scheduler(multiprocessing.Process):
         self._last_hud = -float("inf")
         self._last_skip_log = -float("inf")
         self._wal_warned = False
-        self._shrinking = False  # the commit does not checkpoint: shrink_wal does, after it
-        self._careful = guards.has_wal_reset_bug()  # checkpoints never back to back
+        # With the WAL-reset bug, the scheduler's own checkpoints never run back to back.
+        self._careful = guards.has_wal_reset_bug()
         self._opened = True
         log.info("scheduler run %d started (pid %d) on %s", self.run_id, os.getpid(), self.db)
         return self.run_id
@@ -267,6 +267,9 @@ class Scheduler(multiprocessing.Process):
             # the newest UNWRITTEN_EVENTS of them.
             self._unwritten = events[-config.UNWRITTEN_EVENTS :]
             self.writes_skipped += 1
+            # With the WAL-reset bug, no shrink_wal either while someone else holds the write
+            # lock: its RESTART would run as a PASSIVE pass right after a complete one.
+            shrinking = shrinking and not (self._careful and dbmod.is_busy(exc))
             self.errors[f"write: {describe(exc)}"] += 1
             if mono - self._last_skip_log >= 60.0:
                 self._last_skip_log = mono
@@ -279,18 +282,20 @@ class Scheduler(multiprocessing.Process):
 
     def _shrink_mode(self) -> bool:
         """Whether this cycle starts the WAL over (db.shrink_wal): the -wal file is past
-        WAL_RESTART_BYTES. Then, on an SQLite with the WAL-reset bug, this cycle's commit does
-        not checkpoint, so that shrink_wal's PASSIVE pass never follows another checkpoint."""
+        WAL_RESTART_BYTES. On an SQLite with the WAL-reset bug, only if this cycle's commit
+        was kept from checkpointing, so that shrink_wal's first PASSIVE pass follows no other
+        checkpoint of the scheduler's. Set every cycle (one pragma): a reconnected connection
+        comes back with the regular setting."""
         shrinking = dbmod.wal_size(self._wal) > config.WAL_RESTART_BYTES
-        if shrinking != self._shrinking and self._careful:
-            try:
-                dbmod.set_autocheckpoint(
-                    self._conn, 0 if shrinking else config.SCHEDULER_AUTOCHECKPOINT_PAGES
-                )
-                self._shrinking = shrinking
-            except sa.exc.DatabaseError as exc:
-                self.errors[f"checkpoint: {describe(exc)}"] += 1
-            return self._shrinking
+        if not self._careful:
+            return shrinking
+        try:
+            dbmod.set_autocheckpoint(
+                self._conn, 0 if shrinking else config.SCHEDULER_AUTOCHECKPOINT_PAGES
+            )
+        except sa.exc.DatabaseError as exc:
+            self.errors[f"checkpoint: {describe(exc)}"] += 1
+            return False  # the commit may checkpoint: no shrink_wal right after it
         return shrinking
 
     def _keep_wal_small(self, shrinking: bool) -> None:

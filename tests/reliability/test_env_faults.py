@@ -214,8 +214,24 @@ def _name(uid: int) -> str:
 def test_sqlite_versions_are_judged(version: tuple[int, int, int], error: bool, warning: bool):
     err, warn = guards.sqlite_problem(version)
     assert (err is not None, warn is not None) == (error, warning)
-    if not error:  # the scheduler checkpoints with care exactly where the warning is given
-        assert guards.has_wal_reset_bug(version) == warning
+
+
+@pytest.mark.parametrize(
+    ("version", "bug"),
+    [
+        ((3, 40, 1), True),
+        ((3, 44, 5), True),
+        ((3, 44, 6), False),
+        ((3, 45, 0), True),
+        ((3, 50, 6), True),
+        ((3, 50, 7), False),
+        ((3, 51, 2), True),
+        ((3, 51, 3), False),
+        ((3, 52, 0), False),
+    ],
+)
+def test_the_wal_reset_bug_is_known_by_version(version: tuple[int, int, int], bug: bool):
+    assert guards.has_wal_reset_bug(version) == bug
 
 
 def test_below_the_minimum_is_a_clear_error() -> None:
