@@ -226,6 +226,16 @@ def _driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
         cur.close()
 
 
+def positional_sql(stmt: Any, dialect: Any, names: tuple[str, ...]) -> str:
+    """The statement's SQL for `dialect`, compiled once by the caller, after checking that it
+    binds `names` in that order (values are then passed as a tuple)."""
+    compiled = stmt.compile(dialect=dialect)
+    binds = tuple(compiled.positiontup or ())
+    if binds != names:
+        raise RuntimeError(f"{stmt} binds {binds}, not {names}")
+    return str(compiled.string)
+
+
 class Prepared:
     """A statement compiled once and run with positional values, for statements that run every
     scheduler cycle.
@@ -251,11 +261,7 @@ class Prepared:
             if isinstance(self.stmt, str):
                 self._sql = self.stmt
             else:
-                compiled = self.stmt.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
-                binds = tuple(compiled.positiontup or ())
-                if binds != self.names:
-                    raise RuntimeError(f"{self.stmt} binds {binds}, not {self.names}")
-                self._sql = compiled.string
+                self._sql = positional_sql(self.stmt, conn.dialect, self.names)
         return self._sql
 
     def _core(self, conn: Connection, values: Sequence[Any] | None = None) -> sa.CursorResult[Any]:

@@ -153,10 +153,10 @@ class Heartbeat:
         # an SQLite upsert on every execute, which would cost more than the write itself, and
         # binding by name costs the beat a few microseconds more than by position.
         dialect = pysqlite.dialect(paramstyle="qmark")
-        self._sql = _positional(_upsert("sqlite"), dialect, _COLUMNS)
+        self._sql = dbmod.positional_sql(_upsert("sqlite"), dialect, _COLUMNS)
         # Once this incarnation's row exists, a beat is a plain UPDATE of what a beat changes:
         # about 1.2 us less than the upsert, which also tries an INSERT and sets every column.
-        self._update_sql = _positional(_update(), dialect, _UPDATED + _KEY)
+        self._update_sql = dbmod.positional_sql(_update(), dialect, _UPDATED + _KEY)
         self._key = (self.worker_id, pid, wall)
         self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
         self._engine, self._conn = engine, conn
@@ -283,14 +283,6 @@ def _update() -> Any:
         .where(*(t.c[c] == sa.bindparam(c) for c in _KEY))
         .values({**{c: sa.bindparam(c) for c in _UPDATED}, "beats": t.c.beats + _ONE})
     )
-
-
-def _positional(stmt: Any, dialect: Any, names: tuple[str, ...]) -> str:
-    """The statement's SQL, compiled once, after checking that it binds `names` in order."""
-    compiled = stmt.compile(dialect=dialect)
-    if tuple(compiled.positiontup or ()) != names:
-        raise RuntimeError(f"heartbeat statement binds {compiled.positiontup}, not {names}")
-    return str(compiled.string)
 
 
 _ONE: Any = sa.literal_column("1")  # rendered in the SQL: the prepared statement binds no constant
