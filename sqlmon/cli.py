@@ -67,8 +67,16 @@ def run(
     stale_after: Annotated[float, typer.Option(help="Seconds without a beat: stale.")] = 10.0,
     warn_after: Annotated[float, typer.Option(help="Seconds stale before a warning.")] = 30.0,
     idle_confirm: Annotated[int, typer.Option(help="Idle cycles in a row before idle.")] = 2,
+    standby: Annotated[
+        bool,
+        typer.Option(help="If another scheduler runs, wait and take over when it stops."),
+    ] = False,
 ) -> None:
-    """Run the scheduler in the foreground until Ctrl-C or SIGTERM."""
+    """Run the scheduler in the foreground until Ctrl-C or SIGTERM.
+
+    One scheduler is active per database: a second one refuses, or with --standby waits
+    (read-only) and takes over when the first stops or dies.
+    """
     from .scheduler import Scheduler
 
     _logging()
@@ -79,6 +87,7 @@ def run(
             stale_after=stale_after,
             warn_after=warn_after,
             idle_confirm=idle_confirm,
+            standby=standby,
         )
     except SqlmonError as exc:
         fail(str(exc))
@@ -224,7 +233,7 @@ def status(db: DbArg, fmt: FormatOpt = "table") -> None:
 
     fmt = _format(fmt)
     with inspecting(db) as conn, dbmod.read(conn):
-        st = queries.status(conn, time.time())
+        st = queries.status(conn)
     typer.echo(status_text(st, fmt))
 
 
@@ -246,7 +255,7 @@ def watch(
             while True:
                 # One short read transaction per redraw: a held one would pin the WAL.
                 with dbmod.read(conn):
-                    st = queries.status(conn, time.time())
+                    st = queries.status(conn)
                 page = status_text(st)
                 if redraw:
                     typer.echo("\x1b[H\x1b[2J" + page, nl=True)
@@ -270,7 +279,7 @@ def runs(db: DbArg, fmt: FormatOpt = "table") -> None:
 
     fmt = _format(fmt)
     with inspecting(db) as conn, dbmod.read(conn):
-        rows = queries.list_runs(conn, time.time())
+        rows = queries.list_runs(conn)
     typer.echo(runs_text(rows, fmt))
 
 
@@ -318,11 +327,11 @@ def events(
 ) -> None:
     """Worker events (the transitions the scheduler saw), oldest first."""
     from .render import events_text
-    from .schema import EVENTS
+    from .states import Event
 
     fmt, now = _format(fmt), time.time()
-    if event is not None and event not in EVENTS:
-        fail(f"--event: unknown event {event!r} (one of: {', '.join(EVENTS)})")
+    if event is not None and event not in set(Event):
+        fail(f"--event: unknown event {event!r} (one of: {', '.join(Event)})")
     start, end = _moment("--since", since, now), _moment("--until", until, now)
     with inspecting(db) as conn:
         if run is not None:
@@ -431,7 +440,7 @@ def check(db: DbArg) -> None:
     exits 2, as for every command.
     """
     with inspecting(db) as conn, dbmod.read(conn):
-        ok, why = queries.health(queries.status(conn, time.time()))
+        ok, why = queries.health(queries.status(conn))
     from .render import clean
 
     typer.echo(clean(why))
@@ -452,25 +461,13 @@ def idle(
     from .idle import idle_now
     from .render import clean
 
-    now = time.time()
-    after = _moment("--since", since, now)
+    after = _moment("--since", since, time.time())
     with inspecting(db) as conn:
         verdict = idle_now(conn, after)
-        if verdict:
-            typer.echo("idle")
-            raise typer.Exit(0)
-        with dbmod.read(conn):
-            st = queries.status(conn, now)
-    s = st.scheduler
-    if s is None:
-        why = "no scheduler has run on this database"
-    elif not s.alive(now):
-        why = queries.health(st)[1]
-    elif s.idle:
-        why = "the idle verdict is older than --since"
-    else:
-        why = s.not_idle_reason or "not idle"
-    typer.echo(f"not idle: {clean(why)}")
+    if verdict.alive:
+        typer.echo("idle")
+        raise typer.Exit(0)
+    typer.echo(f"not idle: {clean(verdict.reason)}")
     raise typer.Exit(1)
 
 

@@ -16,6 +16,7 @@ UNWRITTEN_EVENTS = 100_000  # worker events kept for the next write while writes
 MIN_INTERVAL = 0.5  # s: a repeated beat with the same category inside this writes nothing
 WORKER_BUSY_TIMEOUT = 0.1  # s a beat waits for the write lock before it is dropped
 MISSED_LOG_EVERY = 60.0  # s between log lines about dropped beats
+UNWRITTEN_STRETCHES = 10_000  # closed stretches a worker keeps for the next write, at most
 
 # Connections
 DB_FILE_MODE = 0o600  # permission bits of a database file sqlmon creates (-wal, -shm follow)

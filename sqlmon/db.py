@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
-from . import config, guards
+from . import config, forks, guards
 from .errors import DatabaseError, DatabaseMissing
 
 Role = Literal["admin", "scheduler", "worker", "read"]
@@ -93,6 +93,7 @@ def engine(
         raise DatabaseMissing(f"{path}: no such database (create it with `sqlmon init`)")
     if os.path.isdir(path):
         raise DatabaseError(f"{path}: is a directory, not a database")
+    forks.require_clean(path)
     if role in ("admin", "scheduler"):
         preflight(path, warn=True)
     if role == "admin" and not os.path.exists(path):
@@ -286,13 +287,13 @@ class Prepared:
         with _driver_cursor(conn, sql) as cur:
             return int(cur.execute(sql, values).lastrowid)
 
-    def run(self, conn: Connection, values: Sequence[Any]) -> None:
+    def run(self, conn: Connection, values: Sequence[Any]) -> int:
+        """Run the statement; return the number of rows it changed."""
         if conn.dialect.name != "sqlite":
-            self._core(conn, values)
-            return
+            return int(self._core(conn, values).rowcount)
         sql = self._compiled(conn)
         with _driver_cursor(conn, sql) as cur:
-            cur.execute(sql, values)
+            return int(cur.execute(sql, values).rowcount)
 
     def many(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         if conn.dialect.name != "sqlite":

@@ -27,3 +27,15 @@ class SchemaTooOld(DatabaseError):
 
 class SchemaTooNew(DatabaseError):
     pass
+
+
+class SchedulerGone(SqlmonError):
+    """wait_idle: the scheduler is not alive, so no idle verdict can come."""
+
+
+class SchedulerRunning(SqlmonError):
+    """Another scheduler holds this database's lease."""
+
+
+class LeaseLost(SqlmonError):
+    """Another scheduler took this database's lease over: this one must not write again."""

@@ -1,9 +1,12 @@
-"""The worker side: `Heartbeat` upserts this worker's row in worker_status.
+"""The worker side: `Heartbeat` keeps this worker's row in worker_status and records every
+stretch it closes in worker_stretches.
 
 A beat that changes nothing inside `min_interval` is a comparison and a clock read. A beat that
-writes is one autocommitted UPDATE of this incarnation's row (the upsert when the row is not
-there: the first beat of a process), each prepared once, on a DBAPI connection held for the
-life of the process. Once built, a Heartbeat never raises into the worker's loop.
+writes is one UPDATE of this incarnation's row (the upsert when the row is not there: the
+first beat of a process); a transition also inserts the stretch it closed, in the same
+transaction. Statements are prepared once, on a DBAPI connection held for the life of the
+process (closed before a fork, reopened by the next write). Once built, a Heartbeat never
+raises into the worker's loop.
 """
 
 from __future__ import annotations
@@ -23,26 +26,37 @@ import sqlalchemy as sa
 
 from . import config, procs
 from . import db as dbmod
-from .errors import SqlmonError
+from .errors import DatabaseError, SqlmonError
 from .migrate import check_database
-from .schema import worker_status
+from .schema import worker_status, worker_stretches
+from .states import Outcome
 
 log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
 _UNSET = object()
 _live: weakref.WeakSet[Heartbeat] = weakref.WeakSet()
-# Connections inherited through fork are kept here, never used and never closed: closing a
-# parent's SQLite connection in the child would release the parent's locks behind its back.
-_inherited: list[Any] = []
+
+
+def _before_fork() -> None:
+    # The child must not inherit an open connection (see forks.py): the parent's heartbeats
+    # let go of theirs, and their next write opens a new one, as the same incarnation.
+    for hb in list(_live):
+        hb._close_connection()
 
 
 def _after_fork_in_child() -> None:
+    # Heartbeats copied into a child belong to a new process: a new incarnation, with none of
+    # the parent's stretches.
     for hb in list(_live):
-        hb._forget_connection()
+        hb._init_process_state()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+class _FileReplaced(DatabaseError):
+    """The database file was deleted or replaced since this connection opened it."""
 
 
 class Heartbeat:
@@ -62,21 +76,37 @@ class Heartbeat:
         self.worker_id = str(worker_id)
         self.pool = str(pool)
         self.min_interval = float(min_interval)
-        self.missed = 0
+        self.missed = 0  # writes dropped (locked database, full disk, replaced file)
+        self.lost = 0  # closed stretches dropped because too many waited for a write
         self._init_process_state()
         _live.add(self)
 
     def _init_process_state(self) -> None:
+        """What belongs to one process: its incarnation, its stretches and its connection."""
+        self._pid = 0  # set by the first open in this process
+        self._started_at = 0.0
+        self._category: Any = _UNSET
+        self._category_text: str | None = None
+        self._since = 0.0  # when the open stretch began, on the stretch clock
+        self._pending: list[tuple[Any, ...]] = []  # closed stretches not yet written
+        # The stretch clock: wall time at the anchor plus monotonic time since, so that a
+        # stretch's length is exact whatever the wall clock does meanwhile.
+        self._wall0, self._mono0 = time.time(), _monotonic()
+        self._last_write = -float("inf")
+        self._last_log = -float("inf")
+        self._last_loss_log = -float("inf")
+        self._contended = False  # someone holds the write lock: try it, never wait for it
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
         self._engine: sa.Engine | None = None
         self._conn: Any = None  # SQLAlchemy's pooled DBAPI connection, held for the process
         self._cursor: Any = None
-        self._row: tuple[Any, ...] = ()  # worker_id, pid, pid_start, host, pool: fixed
-        self._started_at = 0.0
-        self._category_text: str | None = None
-        self._category_since = 0.0
+        self._path: str | None = None
+        self._inode: tuple[int, int] | None = None
         self._sql = ""  # the upsert
         self._update_sql: str | None = None  # this incarnation's row, when it is there
-        self._key: tuple[Any, ...] = ()  # worker_id, pid, started_at: the UPDATE's WHERE
+        self._stretch_sql = ""
         # A file gone or replaced since the check is as much a dropped beat as a locked one.
         # sqlite3.Error from the start: opening runs the connection's PRAGMAs, whose errors
         # (a busy WAL index while 16 workers start at once) SQLAlchemy passes on unwrapped.
@@ -85,46 +115,87 @@ class Heartbeat:
             SqlmonError,
             sqlite3.Error,
         )
-        self._category: Any = _UNSET
-        self._last_write = -float("inf")
-        self._last_log = -float("inf")
-        self._contended = False  # someone holds the write lock: try it, never wait for it
         self._busy_wait = 0.0  # s a write may wait for the lock, in the heartbeat's own steps
 
     # Processes receive plain data: a spawned child gets the settings, never the connection.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("db", "worker_id", "pool", "min_interval", "missed")}
+        keep = ("db", "worker_id", "pool", "min_interval", "missed", "lost")
+        return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_process_state()
         _live.add(self)
 
-    def _forget_connection(self) -> None:
-        if self._conn is not None:
-            _inherited.append((self._engine, self._conn, self._cursor))
-        self._init_process_state()
-
     def beat(self, category: Any = None) -> None:
         """Say this worker is alive and holds `category` (None: idle). Never raises."""
         now = _monotonic()
         if category is self._category and now - self._last_write < self.min_interval:
             return
-        if category != self._category or now - self._last_write >= self.min_interval:
-            self._write(category, now)
+        if category != self._category:
+            self._change(category, now, Outcome.OK, None)
+        elif now - self._last_write >= self.min_interval:
+            self._write(now)
 
     @contextmanager
     def busy(self, category: Any) -> Iterator[None]:
-        """Hold `category` for the block, and go back to idle on the way out, whatever happens."""
-        self.beat(category)
+        """Hold `category` for the block: one stretch of its own, even after a stretch of the
+        same category; back to idle on the way out, recording whether the block raised."""
+        self._change(category, _monotonic(), Outcome.OK, None, force=True)
         try:
             yield
-        finally:
-            self.beat(None)
+        except BaseException as exc:
+            self._change(None, _monotonic(), Outcome.FAILED, type(exc).__name__)
+            raise
+        self._change(None, _monotonic(), Outcome.OK, None)
 
     def close(self) -> None:
         """Mark this worker exited (a clean end, not a death) and let go of the connection."""
-        self._write(None, _monotonic(), exited=True)
+        now = _monotonic()
+        at = self._clock(now)
+        self._close_stretch(at, Outcome.OK, None)
+        self._category, self._category_text, self._since = None, None, at
+        self._write(now, exited=True)
+        self._close_connection()
+        _live.discard(self)
+        self._init_process_state()
+
+    def _clock(self, mono: float) -> float:
+        return self._wall0 + (mono - self._mono0)
+
+    def _change(
+        self, category: Any, now: float, outcome: str, error: str | None, force: bool = False
+    ) -> None:
+        if category == self._category and not force:
+            if now - self._last_write >= self.min_interval:
+                self._write(now)
+            return
+        at = self._clock(now)
+        self._close_stretch(at, outcome, error)
+        # A str needs no conversion: a call saved on the path of every change.
+        self._category_text = category if type(category) is str else _text(category)
+        self._category, self._since = category, at
+        self._write(now)
+
+    def _close_stretch(self, at: float, outcome: str, error: str | None) -> None:
+        if self._category is _UNSET:
+            return  # nothing open yet in this process
+        self._pending.append((self._category_text, self._since, at, str(outcome), error))
+        excess = len(self._pending) - config.UNWRITTEN_STRETCHES
+        if excess > 0:
+            del self._pending[:excess]
+            self.lost += excess
+            now = _monotonic()
+            if now - self._last_loss_log >= config.MISSED_LOG_EVERY:
+                self._last_loss_log = now
+                log.warning(
+                    "heartbeat of %s: %d stretch(es) lost so far, more than %d waited for a write",
+                    self.worker_id,
+                    self.lost,
+                    config.UNWRITTEN_STRETCHES,
+                )
+
+    def _close_connection(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -132,19 +203,24 @@ class Heartbeat:
                 self._engine.dispose()
             except self._errors:
                 pass
-        _live.discard(self)
-        self._init_process_state()
+        self._drop_connection()
 
     def _open(self) -> None:
         engine = dbmod.engine(self.db, "worker")
         pid = os.getpid()
-        wall = time.time()
+        if pid != self._pid:
+            # The first connection of this process: a new incarnation of the worker id.
+            self._pid, self._started_at = pid, time.time()
         self._row = (self.worker_id, pid, procs.start_time(pid), socket.gethostname(), self.pool)
-        self._started_at = self._category_since = wall
+        self._key = (self.worker_id, pid, self._started_at)
+        self._path = dbmod.sqlite_path(dbmod.to_url(self.db))
+        if self._path is not None:
+            st = os.stat(self._path)
+            self._inode = (st.st_dev, st.st_ino)
         if engine.dialect.name != "sqlite":
-            # Other backends take the portable path: an SQLAlchemy upsert in its own transaction.
+            # Other backends take the portable path: SQLAlchemy Core, one transaction a write.
             self._engine, self._conn = engine, engine.connect()
-            self._cursor = _Portable(self._conn, _upsert(engine.dialect.name))
+            self._cursor = _Portable(self._conn, engine.dialect.name)
             return
         conn = engine.raw_connection()
         from sqlalchemy.dialects.sqlite import pysqlite
@@ -154,30 +230,34 @@ class Heartbeat:
         # binding by name costs the beat a few microseconds more than by position.
         dialect = pysqlite.dialect(paramstyle="qmark")
         self._sql = dbmod.positional_sql(_upsert("sqlite"), dialect, _COLUMNS)
-        # Once this incarnation's row exists, a beat is a plain UPDATE of what a beat changes:
-        # about 1.2 us less than the upsert, which also tries an INSERT and sets every column.
+        # Once this incarnation's row exists, a beat is a plain UPDATE of what a beat changes,
+        # cheaper than the upsert, which also tries an INSERT and sets every column.
         self._update_sql = dbmod.positional_sql(_update(), dialect, _UPDATED + _KEY)
-        self._key = (self.worker_id, pid, wall)
+        self._stretch_sql = dbmod.positional_sql(_insert_stretch("sqlite"), dialect, _STRETCH)
         self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
         self._engine, self._conn = engine, conn
         self._busy_wait = config.WORKER_BUSY_TIMEOUT
-        # The connection autocommits (see db.py): the upsert is one small transaction.
+        # The connection autocommits (see db.py): a lone UPDATE is one small transaction.
         self._cursor = conn.driver_connection.cursor()  # type: ignore[union-attr]
 
-    def _write(self, category: Any, now: float, exited: bool = False) -> None:
+    def _write(self, now: float, exited: bool = False) -> None:
         try:
             if self._cursor is None:
                 self._open()
+            if self._inode is not None:
+                self._check_file()
             wall = time.time()
-            if category != self._category:
-                # A str needs no conversion: a call saved on the path of every write.
-                text = category if type(category) is str else _text(category)
-                since = wall
-            else:
-                text, since = self._category_text, self._category_since
-            values = (text, since, wall, wall if exited else None)
+            values = (
+                self._category_text,
+                self._since,
+                wall,
+                wall if exited else None,
+                self.missed,
+                self.lost,
+            )
+            stretches = [(self.worker_id, self._pid, *s) for s in self._pending]
             try:
-                self._store(values)
+                self._store(values, stretches)
             except self._errors as exc:
                 # While someone holds the lock for long (a paused scheduler, a person in the
                 # sqlite3 shell), waiting would cost every change of category the whole busy
@@ -185,34 +265,76 @@ class Heartbeat:
                 # gets its full wait.
                 if not dbmod.is_busy(exc) or (self._contended and not exited):
                     raise
-                self._retry(values, self._busy_wait, exc)
+                self._retry(values, stretches, self._busy_wait, exc)
         except self._errors as exc:
-            # A locked database, a full disk, an I/O error: drop this beat, the next one tries.
+            # A locked database, a full disk, an I/O error: drop this write, the next beat
+            # tries again, with the stretches closed meanwhile.
             self.missed += 1
             self._contended = dbmod.is_busy(exc)
+            self._last_write = -float("inf")
+            if isinstance(exc, _FileReplaced):
+                self._close_connection()  # the next write opens whatever is at the path now
             if now - self._last_log >= config.MISSED_LOG_EVERY:
                 self._last_log = now
                 log.warning(
                     "heartbeat of %s dropped (%d so far): %s", self.worker_id, self.missed, exc
                 )
             return
+        self._pending = []
         self._contended = False
-        self._category, self._category_text, self._category_since = category, text, since
         self._last_write = now
 
-    def _store(self, values: tuple[Any, ...]) -> None:
-        """Write (category, category_since, last_heartbeat, exited_at): an UPDATE of this
-        incarnation's row, or the upsert when there is none (its first beat, a pruned row, or
-        the portable path). Each statement is its own small transaction."""
+    def _check_file(self) -> None:
+        """Refuse to write into a deleted or replaced file: one stat, about a microsecond."""
+        assert self._path is not None
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            raise _FileReplaced(f"{self._path}: the database file is gone") from None
+        if (st.st_dev, st.st_ino) != self._inode:
+            raise _FileReplaced(f"{self._path}: the database file was replaced")
+
+    def _store(self, values: tuple[Any, ...], stretches: list[tuple[Any, ...]]) -> None:
+        """Write (category, category_since, last_heartbeat, exited_at, missed, lost): an
+        UPDATE of this incarnation's row, or the upsert when there is none (its first beat, a
+        pruned row, or the portable path), and the closed `stretches`, in one transaction."""
         cursor = self._cursor
+        if not stretches:
+            self._status(cursor, values)
+            return
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            self._status(cursor, values)
+            cursor.executemany(self._stretch_sql, stretches)
+            cursor.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _status(self, cursor: Any, values: tuple[Any, ...]) -> None:
         if self._update_sql is not None:
             cursor.execute(self._update_sql, (*values, *self._key))
             if cursor.rowcount == 1:
                 return
-        text, since, wall, exited_at = values
-        cursor.execute(self._sql, (*self._row, text, since, wall, self._started_at, exited_at))
+        text, since, wall, exited_at, missed, lost = values
+        cursor.execute(
+            self._sql, (*self._row, text, since, wall, self._started_at, exited_at, missed, lost)
+        )
 
-    def _retry(self, values: tuple[Any, ...], wait: float, busy: BaseException) -> None:
+    def _rollback(self) -> None:
+        try:
+            if self._conn is not None and self._conn.driver_connection.in_transaction:
+                self._cursor.execute("ROLLBACK")
+        except self._errors:
+            pass  # the connection is broken: the next write finds out
+
+    def _retry(
+        self,
+        values: tuple[Any, ...],
+        stretches: list[tuple[Any, ...]],
+        wait: float,
+        busy: BaseException,
+    ) -> None:
         """The write again after `busy` (SQLITE_BUSY), for up to `wait` s; `busy` is raised
         when the lock is not had by then.
 
@@ -227,7 +349,7 @@ class Heartbeat:
             except OSError:
                 break  # a sleep that fails (seen under libfaketime): give up
             try:
-                self._store(values)
+                self._store(values, stretches)
                 return
             except self._errors as exc:
                 if not dbmod.is_busy(exc):
@@ -246,23 +368,36 @@ def _text(category: Any) -> str | None:
 
 
 class _Portable:
-    """A cursor look-alike that writes through SQLAlchemy Core, for backends other than SQLite."""
+    """A cursor look-alike that writes through SQLAlchemy Core, for backends other than SQLite:
+    each write (a status statement, then its stretches) is one transaction."""
 
-    def __init__(self, conn: sa.Connection, stmt: Any) -> None:
-        self.conn, self.stmt = conn, stmt
+    def __init__(self, conn: sa.Connection, dialect: str) -> None:
+        self.conn = conn
+        self.upsert, self.stretch = _upsert(dialect), _insert_stretch(dialect)
+        self.rowcount = 0
 
-    def execute(self, _sql: str, row: tuple[Any, ...]) -> None:
+    def execute(self, sql: str, row: tuple[Any, ...]) -> None:
+        if sql in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"):
+            return
         with self.conn.begin():
-            self.conn.execute(self.stmt, dict(zip(_COLUMNS, row, strict=True)))
+            self.conn.execute(self.upsert, dict(zip(_COLUMNS, row, strict=True)))
+
+    def executemany(self, _sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self.conn.begin():
+            self.conn.execute(self.stretch, [dict(zip(_STRETCH, r, strict=True)) for r in rows])
 
 
-def _upsert(name: str) -> Any:
+def _insert(name: str) -> Any:
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:
         from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    return insert
+
+
+def _upsert(name: str) -> Any:
     t = worker_status
-    stmt = insert(t).values({c: sa.bindparam(c) for c in _COLUMNS})
+    stmt = _insert(name)(t).values({c: sa.bindparam(c) for c in _COLUMNS})
     ex = stmt.excluded
     # Another process under the same id is a new incarnation: its beats restart at 1, so that
     # nothing of the old row leaks into the new one.
@@ -285,6 +420,15 @@ def _update() -> Any:
     )
 
 
+def _insert_stretch(name: str) -> Any:
+    # A stretch the scheduler already closed at a death it judged (a worker on another host
+    # that was only silent) keeps the scheduler's record: the first one written stands.
+    stmt = _insert(name)(worker_stretches).values({c: sa.bindparam(c) for c in _STRETCH})
+    return stmt.on_conflict_do_nothing(
+        index_elements=[worker_stretches.c.worker_id, worker_stretches.c.started]
+    )
+
+
 _ONE: Any = sa.literal_column("1")  # rendered in the SQL: the prepared statement binds no constant
 _COLUMNS = (
     "worker_id",
@@ -297,6 +441,10 @@ _COLUMNS = (
     "last_heartbeat",
     "started_at",
     "exited_at",
+    "missed",
+    "lost",
 )
-_UPDATED = ("category", "category_since", "last_heartbeat", "exited_at")  # what a beat changes
+# What a beat changes, in the order of a write's values.
+_UPDATED = ("category", "category_since", "last_heartbeat", "exited_at", "missed", "lost")
 _KEY = ("worker_id", "pid", "started_at")  # one incarnation's row
+_STRETCH = ("worker_id", "pid", "category", "started", "ended", "outcome", "error")

@@ -9,20 +9,52 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from . import liveness, stretches
 from .db import Prepared
-from .monitor import Cycle, Event, WorkerRow
-from .schema import runs, scheduler_state, snapshot_counts, snapshots, worker_events, worker_status
+from .errors import LeaseLost
+from .monitor import Close, Cycle, Event, Judged, WorkerRow
+from .schema import (
+    runs,
+    scheduler_state,
+    snapshot_counts,
+    snapshots,
+    stretch_totals,
+    worker_events,
+    worker_states,
+    worker_status,
+    worker_stretches,
+)
+from .states import Outcome
 
+FOLD_BATCH = 5000  # stretches folded into the totals per cycle, at most
 _WORKERS = Prepared(sa.select(*(worker_status.c[f] for f in WorkerRow._fields)))
+_NEW_STRETCHES = Prepared(
+    f"SELECT {', '.join(stretches.Stretch._fields)} FROM worker_stretches "
+    f"WHERE id > ? ORDER BY id LIMIT {FOLD_BATCH}"
+)
 
 
 def read_workers(conn: Connection) -> list[WorkerRow]:
     return list(map(WorkerRow._make, _WORKERS.rows(conn)))
+
+
+def new_stretches(conn: Connection, after: int) -> list[stretches.Stretch]:
+    """The stretches recorded since id `after`, oldest first, at most FOLD_BATCH of them."""
+    return list(map(stretches.Stretch._make, _NEW_STRETCHES.rows(conn, (after,))))
+
+
+def windows(conn: Connection, limit: int = 20) -> list[stretches.Window]:
+    """The latest runs' windows, for folding stretches that began before the current run."""
+    q = sa.text(
+        "SELECT run_id, started_at, ended_at FROM run_windows ORDER BY run_id DESC LIMIT :n"
+    )
+    return [stretches.Window(r, a, b) for r, a, b in conn.execute(q, {"n": limit})]
 
 
 def last_events(conn: Connection) -> list[tuple[str, str]]:
@@ -36,24 +68,55 @@ def last_events(conn: Connection) -> list[tuple[str, str]]:
     return [(w, e) for w, e in conn.execute(q)]
 
 
-def start_run(
-    conn: Connection, *, now: float, pid: int, host: str, settings: dict[str, Any]
-) -> tuple[int, list[int]]:
-    """Open a run row and say not idle at once; return the run id and the ids of earlier runs
-    that never ended (their scheduler was killed)."""
+@dataclass(frozen=True)
+class Me:
+    """A scheduler process, as the lease knows it."""
+
+    pid: int
+    pid_start: float | None
+    host: str
+
+
+def acquire(
+    conn: Connection, *, now: float, me: Me, settings: dict[str, Any], ttl: float
+) -> tuple[int, int, list[int]] | liveness.SchedulerRow:
+    """Inside a write transaction: take the lease when no live scheduler holds it, open a run
+    and say not idle. Returns (run id, term, ids of earlier runs found unended, now ended as
+    vanished), or the row of the scheduler that holds the lease."""
+    row = liveness.read(conn)
+    if row is not None:
+        held = row.expires_at is None or row.expires_at > now
+        if held and liveness.judge(row, now, host=me.host).alive:
+            return row
+    term = (row.term if row is not None else 0) + 1
     unended = list(
         conn.execute(sa.select(runs.c.run_id).where(runs.c.ended_at.is_(None))).scalars()
     )
+    if unended:
+        # Their scheduler is gone (the lease was free): each ends where it was last seen.
+        last = (
+            sa.select(sa.func.max(snapshots.c.ts))
+            .where(snapshots.c.run_id == runs.c.run_id)
+            .scalar_subquery()
+        )
+        seen: Any = sa.func.coalesce(last, runs.c.started_at)
+        if row is not None and row.run_id in unended:
+            seen = sa.case((runs.c.run_id == row.run_id, row.heartbeat), else_=seen)
+        conn.execute(
+            sa.update(runs)
+            .where(runs.c.ended_at.is_(None))
+            .values(ended_at=seen, end_reason=VANISHED)
+        )
     run_id = conn.execute(
         sa.insert(runs).values(
-            started_at=now, pid=pid, host=host, config=json.dumps(settings, sort_keys=True)
+            started_at=now, pid=me.pid, host=me.host, config=json.dumps(settings, sort_keys=True)
         )
     ).inserted_primary_key[0]  # type: ignore[index]
-    _set_state(
-        conn,
+    values = dict(
         run_id=run_id,
-        pid=pid,
-        host=host,
+        pid=me.pid,
+        pid_start=me.pid_start,
+        host=me.host,
         interval=settings["interval"],
         heartbeat=now,
         cycle=0,
@@ -62,8 +125,25 @@ def start_run(
         verdict_since=None,
         not_idle_reason="scheduler starting",
         stop_seen=0,
+        term=term,
+        expires_at=now + ttl,
     )
-    return int(run_id), unended
+    if row is None:
+        conn.execute(sa.insert(scheduler_state).values(id=1, folded_id=0, **values))
+    else:
+        # Conditional on the term read above, so that two schedulers can never both win
+        # (on SQLite the write lock already orders them; elsewhere this does).
+        took = conn.execute(
+            sa.update(scheduler_state)
+            .where(scheduler_state.c.id == 1, scheduler_state.c.term == row.term)
+            .values(**values)
+        ).rowcount
+        if took != 1:
+            raise LeaseLost("another scheduler took the lease at the same moment")
+    return int(run_id), term, unended
+
+
+VANISHED = "vanished: its scheduler stopped without ending it"
 
 
 def record(
@@ -71,15 +151,48 @@ def record(
     run_id: int,
     cycle: Cycle,
     *,
+    term: int,
+    expires_at: float,
     cycle_seconds: float,
     writes_skipped: int,
     stop_seen: bool,
     heartbeat: float,
     events: Sequence[Event] | None = None,
+    judged: Sequence[Judged] = (),
+    closes: Sequence[Close] = (),
+    folded: tuple[int, dict[stretches.TotalKey, stretches.Total]] | None = None,
 ) -> None:
-    """The snapshot, its counts, the cycle's events (or `events`: with those of cycles whose
-    write was skipped) and the idle row."""
+    """The idle row (fenced: LeaseLost unless this scheduler still holds `term`, and then
+    nothing of the cycle is written), the snapshot, its counts, the cycle's events and
+    judgements (or `events` and `judged`: with those of cycles whose write was skipped), the
+    stretches deaths closed, and the totals `folded` up to a stretch id."""
     events = cycle.events if events is None else events
+    fenced = _UPDATE_STATE.run(
+        conn,
+        (
+            run_id,
+            heartbeat,
+            cycle.cycle,
+            int(cycle.idle),
+            cycle.idle_since,
+            cycle.verdict_since,
+            cycle.not_idle_reason,
+            int(stop_seen),
+            expires_at,
+            term,
+        ),
+    )
+    if fenced != 1:
+        raise LeaseLost(f"another scheduler holds the lease (this one held term {term})")
+    if folded is not None:
+        last_id, totals = folded
+        if totals:
+            _ADD_TOTALS.many(conn, [(*k, *t) for k, t in totals.items()])
+        _FOLDED.run(conn, (last_id,))
+    if closes:
+        _CLOSE.many(conn, [(*c, str(Outcome.DEAD)) for c in closes])
+    if judged:
+        _JUDGE.many(conn, [(*j, run_id) for j in judged])
     states = Counter(w.state for w in cycle.workers)
     snapshot_id = _INSERT_SNAPSHOT.insert(
         conn,
@@ -108,19 +221,27 @@ def record(
             ],
         )
     add_events(conn, run_id, events)
-    _UPDATE_STATE.run(
-        conn,
-        (
-            run_id,
-            heartbeat,
-            cycle.cycle,
-            int(cycle.idle),
-            cycle.idle_since,
-            cycle.verdict_since,
-            cycle.not_idle_reason,
-            int(stop_seen),
-        ),
-    )
+
+
+def add_pending(
+    conn: Connection,
+    run_id: int,
+    events: Sequence[Event],
+    judged: Sequence[Judged],
+    closes: Sequence[Close],
+) -> None:
+    """What cycles whose write was skipped left to write, at the run's end."""
+    add_events(conn, run_id, events)
+    if judged:
+        _JUDGE.many(conn, [(*j, run_id) for j in judged])
+    if closes:
+        _CLOSE.many(conn, [(*c, str(Outcome.DEAD)) for c in closes])
+
+
+def folded_id(conn: Connection) -> int:
+    """The last stretch id the totals include."""
+    got = conn.execute(sa.select(scheduler_state.c.folded_id)).scalar()
+    return int(got or 0)
 
 
 def add_events(conn: Connection, run_id: int, events: Sequence[Event]) -> None:
@@ -167,37 +288,79 @@ _STATE = (
     "verdict_since",
     "not_idle_reason",
     "stop_seen",
+    "expires_at",
 )
+# The fence: the idle row is written only by the holder of the lease's current term.
 _UPDATE_STATE = Prepared(
     sa.update(scheduler_state)
     .where(scheduler_state.c.id == sa.literal_column("1"))
+    .where(scheduler_state.c.term == sa.bindparam("term"))
     .values(run_id=sa.bindparam("run_id"), **{n: sa.bindparam(n) for n in _STATE}),
-    ("run_id", *_STATE),
+    ("run_id", *_STATE, "term"),
+)
+_FOLDED = Prepared(
+    sa.update(scheduler_state)
+    .where(scheduler_state.c.id == sa.literal_column("1"))
+    .values(folded_id=sa.bindparam("folded_id")),
+    ("folded_id",),
 )
 
 
-def end_run(conn: Connection, run_id: int, *, now: float, reason: str) -> None:
-    conn.execute(
-        sa.update(runs).where(runs.c.run_id == run_id).values(ended_at=now, end_reason=reason)
+def _upsert(table: sa.Table, names: tuple[str, ...], key: tuple[str, ...], set_: Any) -> Prepared:
+    from sqlalchemy.dialects.sqlite import insert
+
+    stmt = insert(table).values({n: sa.bindparam(n) for n in names})
+    return Prepared(
+        stmt.on_conflict_do_update(index_elements=list(key), set_=set_(stmt.excluded)), names
     )
-    conn.execute(
+
+
+_TOTAL_KEY = ("run_id", "worker_id", "category", "state", "outcome")
+_t = stretch_totals.c
+_ADD_TOTALS = _upsert(
+    stretch_totals,
+    (*_TOTAL_KEY, "n", "seconds", "first_started", "last_ended"),
+    _TOTAL_KEY,
+    lambda ex: {
+        "n": _t.n + ex.n,
+        "seconds": _t.seconds + ex.seconds,
+        "first_started": sa.func.min(_t.first_started, ex.first_started),
+        "last_ended": sa.func.max(_t.last_ended, ex.last_ended),
+    },
+)
+_JUDGED = ("worker_id", "pid", "started_at", "state", "since", "evidence", "detail", "run_id")
+_JUDGE = _upsert(worker_states, _JUDGED, ("worker_id",), lambda ex: {n: ex[n] for n in _JUDGED[1:]})
+
+
+def _close_stmt() -> Prepared:
+    from sqlalchemy.dialects.sqlite import insert
+
+    names = ("worker_id", "pid", "category", "started", "ended", "outcome")
+    stmt = insert(worker_stretches).values({n: sa.bindparam(n) for n in names})
+    # Closed once: a stretch the worker itself closed meanwhile keeps the worker's record.
+    return Prepared(stmt.on_conflict_do_nothing(), names)
+
+
+_CLOSE = _close_stmt()
+
+
+def end_run(conn: Connection, run_id: int, *, now: float, reason: str, term: int) -> bool:
+    """End the run and let go of the lease, so that a standby takes over at its next look;
+    False (and nothing written) when this scheduler no longer holds `term`."""
+    released = conn.execute(
         sa.update(scheduler_state)
-        .where(scheduler_state.c.run_id == run_id)
+        .where(scheduler_state.c.id == 1, scheduler_state.c.term == term)
         .values(
             idle=0,
             idle_since=None,
             verdict_since=None,
             not_idle_reason=f"scheduler stopped ({reason})",
+            expires_at=now,
         )
+    ).rowcount
+    if released != 1:
+        return False
+    conn.execute(
+        sa.update(runs).where(runs.c.run_id == run_id).values(ended_at=now, end_reason=reason)
     )
-
-
-def _set_state(conn: Connection, **values: Any) -> None:
-    # UPDATE, then INSERT when there was no row: portable, and safe under the write lock.
-    if (
-        conn.execute(
-            sa.update(scheduler_state).where(scheduler_state.c.id == 1).values(**values)
-        ).rowcount
-        == 0
-    ):
-        conn.execute(sa.insert(scheduler_state).values(id=1, **values))
+    return True

@@ -14,6 +14,21 @@ from typing import NamedTuple
 
 from . import procs
 from .backlog import Counts
+from .states import Event as Ev
+from .states import Evidence, Liveness, State
+from .stretches import Stretch
+
+_LIVENESS = {
+    Ev.JOINED: Liveness.ALIVE,
+    Ev.RECOVERED: Liveness.ALIVE,
+    Ev.STALE: Liveness.STALE,
+    Ev.DEAD: Liveness.DEAD,
+    Ev.EXITED: Liveness.EXITED,
+}
+_DEATH = {
+    Evidence.PID_GONE: "pid {pid} is gone",
+    Evidence.PID_REUSED: "pid {pid} now belongs to another process",
+}
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +60,38 @@ class Observation:
     backlog: Counts = field(default_factory=dict)
     high_water: int | None = None
     error: str | None = None  # the read failed: nothing is known, so nothing is idle
+    stretches: list[Stretch] = field(default_factory=list)  # recorded since the last fold
 
 
 class Event(NamedTuple):
     ts: float
     worker_id: str
-    event: str
+    event: str  # a states.Event of LIVENESS_EVENTS
     category: str | None
     pid: int | None
     detail: str | None = None
+
+
+class Judged(NamedTuple):
+    """A worker incarnation's new liveness, for worker_states."""
+
+    worker_id: str
+    pid: int
+    started_at: float
+    state: str  # a states.Liveness
+    since: float
+    evidence: str | None
+    detail: str | None
+
+
+class Close(NamedTuple):
+    """An open stretch a death ended, for worker_stretches (outcome dead)."""
+
+    worker_id: str
+    pid: int
+    category: str | None
+    started: float
+    ended: float
 
 
 class WorkerView(NamedTuple):
@@ -88,6 +126,8 @@ class Cycle:
     idle_since: float | None
     verdict_since: float | None
     not_idle_reason: str | None
+    judged: list[Judged] = field(default_factory=list)
+    closes: list[Close] = field(default_factory=list)
 
     def total(self, state: str) -> int:
         return sum(1 for w in self.workers if w.state == state)
@@ -104,7 +144,8 @@ class Cycle:
 @dataclass
 class _Tracked:
     incarnation: tuple[int, float]
-    category: str | None
+    category: str | None  # the open stretch as last read: its category and start
+    since: float | None
     beats: int
     beats_mono: float  # when beats last moved, on the scheduler's monotonic clock
     stale: bool = False
@@ -126,7 +167,7 @@ class Monitor:
         idle_confirm: int,
         host: str,
         late_factor: float = 2.0,
-        alive: Callable[[int, float | None], bool] = procs.is_alive,
+        death: Callable[[int, float | None], Evidence | None] = procs.death,
     ) -> None:
         self.interval = interval
         self.stale_after = stale_after
@@ -134,7 +175,7 @@ class Monitor:
         self.idle_confirm = idle_confirm
         self.host = host
         self.late_factor = late_factor
-        self.alive = alive
+        self.death = death
         self.cycle = 0
         self._tracked: dict[str, _Tracked] = {}
         self._last_events: dict[str, str] = {}  # worker -> last event of an earlier run
@@ -156,6 +197,8 @@ class Monitor:
         late = gap is not None and gap > self.late_factor * self.interval
         floor = self._last_wall if self._last_wall is not None else -float("inf")
         events: list[Event] = []
+        self._judged: list[Judged] = []
+        self._closes: list[Close] = []
         views: list[WorkerView] = []
         if obs.error is None:
             seen = set()
@@ -179,6 +222,8 @@ class Monitor:
             idle_since=self._idle_since if idle else None,
             verdict_since=self._streak[0] if idle else None,
             not_idle_reason=reason,
+            judged=self._judged,
+            closes=self._closes,
         )
 
     def _judge_worker(
@@ -186,29 +231,55 @@ class Monitor:
     ) -> WorkerView:
         def emit(
             ts: float,
-            event: str,
+            event: Ev,
             category: str | None,
             detail: str | None = None,
-            pid: int = row.pid,
+            evidence: Evidence | None = None,
         ) -> None:
             # Worker clocks may jump: keep every event inside this cycle's window, in order.
-            out.append(Event(min(max(ts, floor), now), row.worker_id, event, category, pid, detail))
+            ts = min(max(ts, floor), now)
+            out.append(Event(ts, row.worker_id, event, category, row.pid, detail))
+            self._judged.append(
+                Judged(
+                    row.worker_id, row.pid, row.started_at, _LIVENESS[event], ts, evidence, detail
+                )
+            )
 
         t = self._tracked.get(row.worker_id)
         incarnation = (row.pid, row.started_at)
         if t is None or t.incarnation != incarnation:
             previous = self._last_events.pop(row.worker_id, None)
-            if t is None and previous == "exited" and row.exited_at is not None:
-                t = _Tracked(incarnation, None, row.beats, mono, exited=True)  # known, gone
-            elif t is None and previous == "dead" and not self._alive(row):
-                t = _Tracked(incarnation, None, row.beats, mono, dead=True)  # known, dead
+            if t is None and previous == Ev.EXITED and row.exited_at is not None:
+                t = _Tracked(incarnation, None, None, row.beats, mono, exited=True)  # known, gone
+            elif t is None and previous == Ev.DEAD and self._death(row) is not None:
+                t = _Tracked(incarnation, None, None, row.beats, mono, dead=True)  # known, dead
             else:
                 detail = f"pid {row.pid} on {row.host}"
                 if t is not None:
                     # The same id from another process: the old one ended between two cycles.
                     old_pid = t.incarnation[0]
                     if not (t.exited or t.dead):
-                        emit(row.started_at, "dead", None, "replaced by a new incarnation", old_pid)
+                        ts = min(max(row.started_at, floor), now)
+                        out.append(
+                            Event(
+                                ts,
+                                row.worker_id,
+                                Ev.DEAD,
+                                None,
+                                old_pid,
+                                "replaced by a new incarnation",
+                            )
+                        )
+                        if t.since is not None:
+                            self._closes.append(
+                                Close(
+                                    row.worker_id,
+                                    old_pid,
+                                    t.category,
+                                    t.since,
+                                    max(t.since, row.started_at),
+                                )
+                            )
                     detail += f", new incarnation (was pid {old_pid})"
                 elif previous is not None:
                     detail += ", already running when the scheduler started"
@@ -218,35 +289,39 @@ class Monitor:
                 # stand still until the next cycle.
                 age = max(0.0, now - row.last_heartbeat)
                 first = row.category if (row.category_since or 0) <= row.started_at else None
-                t = _Tracked(incarnation, first, row.beats, mono - age)
+                t = _Tracked(incarnation, None, None, row.beats, mono - age)
                 t.doubtful = age > self.warn_after
-                emit(row.started_at, "joined", first, detail)
+                emit(row.started_at, Ev.JOINED, first, detail)
             self._tracked[row.worker_id] = t
         if t.exited:
-            return self._view(row, "exited", now, mono, t)
-        if row.category != t.category:
-            since = row.category_since if row.category_since is not None else now
-            if t.category is None:
-                emit(since, "busy", row.category)
-            elif row.category is None:
-                emit(since, "idle", None)
-            else:
-                emit(since, "category", row.category, f"from {t.category}")
-            t.category = row.category
+            return self._view(row, State.EXITED, now, mono, t)
+        t.category, t.since = row.category, row.category_since
         if row.exited_at is not None:
             t.exited = True
-            emit(row.exited_at, "exited", None)
-            return self._view(row, "exited", now, mono, t)
+            emit(row.exited_at, Ev.EXITED, None)
+            return self._view(row, State.EXITED, now, mono, t)
         if row.beats != t.beats:
             t.beats, t.beats_mono = row.beats, mono
             if t.stale or t.dead:
-                emit(now, "recovered", row.category, "beats resumed")
+                emit(now, Ev.RECOVERED, row.category, "beats resumed")
                 t.stale = t.warned = t.dead = False
         elif not t.dead:
             # Only a worker whose beats stand still can have died: the others just proved not.
-            if not late and not self._alive(row):
+            evidence = None if late else self._death(row)
+            if evidence is not None:
                 t.dead = True
-                emit(now, "dead", row.category, f"pid {row.pid} is gone")
+                emit(now, Ev.DEAD, row.category, _DEATH[evidence].format(pid=row.pid), evidence)
+                if row.category_since is not None:
+                    # The stretch it was in ends here, at the death this cycle found.
+                    self._closes.append(
+                        Close(
+                            row.worker_id,
+                            row.pid,
+                            row.category,
+                            row.category_since,
+                            max(now, row.category_since),
+                        )
+                    )
             # Nor stale: a paused scheduler may have held the write lock all along, so that
             # the beats it missed were never written; the next cycle judges afresh.
             elif (
@@ -256,7 +331,7 @@ class Monitor:
                 and mono - t.beats_mono >= self.stale_after
             ):
                 t.stale = True
-                emit(now, "stale", row.category, f"no beat for {mono - t.beats_mono:.0f} s")
+                emit(now, Ev.STALE, row.category, f"no beat for {mono - t.beats_mono:.0f} s")
             if t.stale and not t.warned and mono - t.beats_mono >= self.warn_after:
                 t.warned = True
                 log.warning(
@@ -267,12 +342,20 @@ class Monitor:
                     f" in {row.category}" if row.category else "",
                 )
         t.doubtful = False
-        state = "dead" if t.dead else "stale" if t.stale else "busy" if row.category else "idle"
+        state = (
+            State.DEAD
+            if t.dead
+            else State.STALE
+            if t.stale
+            else State.BUSY
+            if row.category is not None
+            else State.IDLE
+        )
         return self._view(row, state, now, mono, t)
 
-    def _alive(self, row: WorkerRow) -> bool:
+    def _death(self, row: WorkerRow) -> Evidence | None:
         """Only a process on this host can be checked; elsewhere, staleness is all we know."""
-        return row.host != self.host or self.alive(row.pid, row.pid_start)
+        return None if row.host != self.host else self.death(row.pid, row.pid_start)
 
     @staticmethod
     def _view(row: WorkerRow, state: str, now: float, mono: float, t: _Tracked) -> WorkerView:
@@ -280,7 +363,7 @@ class Monitor:
             row.worker_id,
             row.pool,
             row.pid,
-            row.category if state in ("busy", "stale") else None,
+            row.category if state in (State.BUSY, State.STALE) else None,
             state,
             now - row.last_heartbeat,
             mono - t.beats_mono,
@@ -311,9 +394,9 @@ class Monitor:
                 reasons.append(f"{running} task{'s' * (running != 1)} running in {category}")
         for w in views:
             # A stale worker that holds a category may still be working: not idle.
-            if w.state == "busy":
+            if w.state == State.BUSY:
                 reasons.append(f"{w.worker_id} busy in {w.category}")
-            elif w.state == "stale" and w.category is not None:
+            elif w.state == State.STALE and w.category is not None:
                 reasons.append(f"{w.worker_id} stale for {w.stale_for:.0f} s in {w.category}")
         if reasons:
             self._streak.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .states import Evidence
+
 _LINUX = sys.platform.startswith("linux")
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _boot_time: float | None = None
@@ -56,19 +58,26 @@ def start_time(pid: int) -> float | None:
 
 def is_alive(pid: int, started: float | None) -> bool:
     """True while `pid` exists and, when its start time is known, is still the same process."""
+    return death(pid, started) is None
+
+
+def death(pid: int, started: float | None) -> Evidence | None:
+    """Why the process `pid` (started at `started`) is no more, or None while it lives."""
     if _LINUX:
         stat = _stat(pid)
         if stat is None:
-            return False
+            return Evidence.PID_GONE
         state, now_started = stat
         # A zombie keeps its pid and start time until reaped, yet no longer works.
         if state in (b"Z", b"X"):
-            return False
-        return started is None or abs(now_started - started) < 0.05
+            return Evidence.PID_GONE
+        if started is not None and abs(now_started - started) >= 0.05:
+            return Evidence.PID_REUSED
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return Evidence.PID_GONE
     except PermissionError:
         pass  # it exists, owned by someone else
-    return True
+    return None

@@ -6,6 +6,8 @@ filters reach SQL only as bound parameters.
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,11 +15,20 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from . import config
 from . import db as dbmod
+from . import liveness
 from .errors import DatabaseError, SqlmonError
+from .liveness import SchedulerRow, Verdict
 from .migrate import check, describe
-from .schema import runs, scheduler_state, snapshot_counts, snapshots, worker_events, worker_status
+from .schema import (
+    runs,
+    snapshot_counts,
+    snapshots,
+    worker_events,
+    worker_states,
+    worker_status,
+)
+from .states import Liveness, State
 
 
 class UnknownRun(SqlmonError, LookupError):
@@ -50,29 +61,6 @@ def connect(db: str | os.PathLike[str] | sa.URL) -> Iterator[Connection]:
 
 
 @dataclass(frozen=True)
-class SchedulerView:
-    run_id: int
-    pid: int
-    host: str
-    interval: float
-    heartbeat: float  # unix s: end of the last completed cycle
-    cycle: int
-    idle: bool
-    idle_since: float | None
-    not_idle_reason: str | None
-    stop_seen: bool
-    ended_at: float | None  # the run's end: its scheduler stopped
-    end_reason: str | None
-
-    def age(self, now: float) -> float:
-        return now - self.heartbeat
-
-    def alive(self, now: float) -> bool:
-        """The run is open and its heartbeat fresh (the rule is_idle applies)."""
-        return self.ended_at is None and 0 <= self.age(now) < config.fresh_for(self.interval)
-
-
-@dataclass(frozen=True)
 class WorkerLine:
     worker_id: str
     pool: str
@@ -80,8 +68,13 @@ class WorkerLine:
     host: str
     category: str | None
     last_heartbeat: float
-    state: str  # busy, idle, stale, dead, exited
+    state: str  # a states.State
     beats: int
+    category_since: float | None = None  # when the open stretch began
+    state_since: float | None = None  # when the scheduler judged it stale, dead or exited
+    evidence: str | None = None  # why dead (a states.Evidence)
+    detail: str | None = None  # the judgement in words
+    missed: int = 0  # beats it dropped
 
 
 @dataclass(frozen=True)
@@ -96,88 +89,62 @@ class BacklogLine:
 @dataclass(frozen=True)
 class Status:
     now: float
-    scheduler: SchedulerView | None  # None until a scheduler has run
+    scheduler: SchedulerRow | None  # None until a scheduler has run
     workers: list[WorkerLine]
     backlog: list[BacklogLine]  # as the latest snapshot saw it
     backlog_ts: float | None
     backlog_cycle: int | None
+    verdict: Verdict = Verdict(False, "no scheduler has run on this database")  # is it alive
 
 
-def status(conn: Connection, now: float) -> Status:
-    """The scheduler's row, the workers as last judged, and the latest snapshot's backlog."""
-    row = conn.execute(
-        sa.select(scheduler_state, runs.c.ended_at, runs.c.end_reason).join_from(
-            scheduler_state, runs, runs.c.run_id == scheduler_state.c.run_id, isouter=True
-        )
-    ).first()
-    sched = None
-    if row is not None:
-        sched = SchedulerView(
-            run_id=row.run_id,
-            pid=row.pid,
-            host=row.host,
-            interval=row.interval,
-            heartbeat=row.heartbeat,
-            cycle=row.cycle,
-            idle=bool(row.idle),
-            idle_since=row.idle_since,
-            not_idle_reason=row.not_idle_reason,
-            stop_seen=bool(row.stop_seen),
-            ended_at=row.ended_at,
-            end_reason=row.end_reason,
-        )
+def status(conn: Connection, now: float | None = None, host: str | None = None) -> Status:
+    """The scheduler's row and whether it is alive, the workers as last judged, and the latest
+    snapshot's backlog. Call inside db.read; `now` defaults to the clock, read after the first
+    read of the transaction (so after its snapshot)."""
+    sched = liveness.read(conn)
+    now = time.time() if now is None else now
+    verdict = liveness.judge(sched, now, host=host)
     snap = conn.execute(
-        sa.select(
-            snapshots.c.id,
-            snapshots.c.run_id,
-            snapshots.c.ts,
-            snapshots.c.cycle,
-            snapshots.c.workers_stale,
-            snapshots.c.workers_dead,
-        )
+        sa.select(snapshots.c.id, snapshots.c.ts, snapshots.c.cycle)
         .order_by(snapshots.c.id.desc())
         .limit(1)
     ).first()
+    w, j = worker_status.c, worker_states.c
+    # The scheduler's judgement of this incarnation, when it has judged it.
     rows = conn.execute(
-        sa.select(worker_status).order_by(worker_status.c.pool, worker_status.c.worker_id)
-    ).all()
-    # Stale and dead are the scheduler's findings, kept only as events (a restarted scheduler
-    # does not repeat them, so look past the run); look only when the latest snapshot counted
-    # some, so that status stays cheap on a long history.
-    finding: dict[str, str] = {}
-    if snap is not None and (snap.workers_stale or snap.workers_dead):
-        e = worker_events.c
-        for w in rows:
-            if w.exited_at is None:
-                finding[w.worker_id] = (
-                    conn.execute(
-                        sa.select(e.event)
-                        .where(
-                            e.worker_id == w.worker_id,
-                            e.event.in_(("joined", "stale", "recovered", "dead", "exited")),
-                        )
-                        .order_by(e.id.desc())
-                        .limit(1)
-                    ).scalar()
-                    or ""
-                )
-    workers = []
-    for w in rows:
-        seen = finding.get(w.worker_id)
-        state = (
-            "exited"
-            if w.exited_at is not None
-            else seen
-            if seen in ("stale", "dead")
-            else "busy"
-            if w.category is not None
-            else "idle"
+        sa.select(*w, j.state.label("judged"), j.since, j.evidence, j.detail).join_from(
+            worker_status,
+            worker_states,
+            sa.and_(j.worker_id == w.worker_id, j.pid == w.pid, j.started_at == w.started_at),
+            isouter=True,
         )
+    ).all()
+    workers = []
+    for r in rows:
+        if r.exited_at is not None:
+            state = State.EXITED
+        elif r.judged in (Liveness.STALE, Liveness.DEAD):
+            state = State(r.judged)
+        else:
+            state = State.BUSY if r.category is not None else State.IDLE
         workers.append(
             WorkerLine(
-                w.worker_id, w.pool, w.pid, w.host, w.category, w.last_heartbeat, state, w.beats
+                r.worker_id,
+                r.pool,
+                r.pid,
+                r.host,
+                r.category,
+                r.last_heartbeat,
+                state,
+                r.beats,
+                r.category_since,
+                r.since if state in (State.STALE, State.DEAD, State.EXITED) else None,
+                r.evidence if state == State.DEAD else None,
+                r.detail if state in (State.STALE, State.DEAD) else None,
+                r.missed,
             )
         )
+    workers.sort(key=lambda x: (x.pool, natural(x.worker_id)))
     backlog = []
     if snap is not None:
         backlog = [
@@ -195,7 +162,20 @@ def status(conn: Connection, now: float) -> Status:
             )
         ]
     return Status(
-        now, sched, workers, backlog, snap.ts if snap else None, snap.cycle if snap else None
+        now,
+        sched,
+        workers,
+        backlog,
+        snap.ts if snap else None,
+        snap.cycle if snap else None,
+        verdict,
+    )
+
+
+def natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that puts cpu-2 before cpu-10."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part
     )
 
 
@@ -203,16 +183,9 @@ def health(st: Status) -> tuple[bool, str]:
     """For `sqlmon check`: healthy when the scheduler's heartbeat is fresh and no worker is
     stale or dead; the one line says why not."""
     s = st.scheduler
-    if s is None:
-        return False, "no scheduler has run on this database"
-    if s.ended_at is not None:
-        return False, f"the scheduler stopped: run {s.run_id} ended ({s.end_reason})"
+    if s is None or not st.verdict.alive:
+        return False, st.verdict.reason
     age = s.age(st.now)
-    if not s.alive(st.now):
-        return False, (
-            f"the scheduler's heartbeat is {age:.1f} s old "
-            f"(fresh means under {config.fresh_for(s.interval):.1f} s): run {s.run_id}"
-        )
     troubled = [w for w in st.workers if w.state in ("stale", "dead")]
     if troubled:
         return False, "; ".join(f"{w.worker_id} is {w.state}" for w in troubled)
@@ -249,7 +222,8 @@ class RunLine:
         return self.end - self.started_at
 
 
-def list_runs(conn: Connection, now: float) -> list[RunLine]:
+def list_runs(conn: Connection, now: float | None = None) -> list[RunLine]:
+    """Every run, oldest first; call inside db.read (`now` as for status)."""
     seen = (
         sa.select(
             snapshots.c.run_id,
@@ -259,23 +233,19 @@ def list_runs(conn: Connection, now: float) -> list[RunLine]:
         .group_by(snapshots.c.run_id)
         .subquery()
     )
-    live = conn.execute(
-        sa.select(scheduler_state.c.run_id, scheduler_state.c.heartbeat, scheduler_state.c.interval)
-    ).first()
+    live = liveness.read(conn)
+    now = time.time() if now is None else now
+    running = live.run_id if live is not None and liveness.judge(live, now).alive else None
     out = []
     for r in conn.execute(
         sa.select(runs, seen.c.last, seen.c.n)
         .join_from(runs, seen, seen.c.run_id == runs.c.run_id, isouter=True)
         .order_by(runs.c.run_id)
     ):
-        if r.ended_at is not None:
-            state = "ended"
-        elif (
-            live is not None
-            and live.run_id == r.run_id
-            and 0 <= now - live.heartbeat < config.fresh_for(live.interval)
-        ):
+        if r.run_id == running:
             state = "running"
+        elif r.ended_at is not None and not (r.end_reason or "").startswith("vanished"):
+            state = "ended"
         else:
             state = "vanished"
         out.append(
@@ -294,7 +264,7 @@ def list_runs(conn: Connection, now: float) -> list[RunLine]:
     return out
 
 
-def find_run(conn: Connection, now: float, run_id: int | None = None) -> RunLine:
+def find_run(conn: Connection, now: float | None = None, run_id: int | None = None) -> RunLine:
     """The run asked for, or the latest; UnknownRun when there is none."""
     all_runs = list_runs(conn, now)
     if not all_runs:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import config
 from .durations import format_length, format_time, iso_time
 from .queries import EventLine, RunLine, SnapshotLine, Status
 from .report import Report
@@ -162,7 +161,8 @@ def status_data(st: Status) -> dict[str, object]:
             "cycle": s.cycle,
             "heartbeat": iso_time(s.heartbeat),
             "heartbeat_age_seconds": _seconds(s.age(st.now)),
-            "alive": s.alive(st.now),
+            "alive": st.verdict.alive,
+            "why_not_alive": None if st.verdict.alive else st.verdict.reason,
             "run_ended": iso_time(s.ended_at),
             "end_reason": s.end_reason,
             "stop_seen": s.stop_seen,
@@ -170,7 +170,7 @@ def status_data(st: Status) -> dict[str, object]:
         "idle": None
         if s is None
         else {
-            "idle": s.idle and s.alive(st.now),
+            "idle": s.idle and st.verdict.alive,
             "idle_since": iso_time(s.idle_since),
             "not_idle_reason": s.not_idle_reason,
         },
@@ -217,16 +217,15 @@ def status_text(st: Status, fmt: str = "table") -> str:
         age = format_length(s.age(st.now))
         if s.ended_at is not None:
             health = f"stopped at {format_time(s.ended_at)} ({clean(s.end_reason)})"
-        elif s.alive(st.now):
+        elif st.verdict.alive:
             health = "alive"
         else:
-            fresh = format_length(config.fresh_for(s.interval))
-            health = f"NOT RESPONDING (fresh means under {fresh}; run {s.run_id} vanished?)"
+            health = f"NOT ALIVE ({clean(st.verdict.reason)})"
         lines = [
             f"scheduler: run {s.run_id}, cycle {s.cycle}, heartbeat {age} ago, "
             f"pid {s.pid} on {clean(s.host)}: {health}",
         ]
-        if s.idle and s.alive(st.now):
+        if s.idle and st.verdict.alive:
             lines.append(f"idle: yes, since {format_time(s.idle_since)}")
         else:
             lines.append(f"idle: no: {clean(s.not_idle_reason) or 'the scheduler is not alive'}")

@@ -18,12 +18,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import config, flags, guards, history, hud
+from . import config, flags, guards, history, hud, liveness, procs, stretches
 from . import db as dbmod
 from .backlog import TaskTable
-from .errors import ConfigError, SqlmonError
+from .errors import ConfigError, DatabaseError, LeaseLost, SchedulerRunning, SqlmonError
 from .migrate import check_database, describe
-from .monitor import Cycle, Event, Monitor, Observation
+from .monitor import Close, Cycle, Event, Judged, Monitor, Observation
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,13 @@ class Scheduler(multiprocessing.Process):
         backlog: TaskTable | None = None,
         log_level: int | str = logging.INFO,
         start_method: str | None = None,
+        standby: bool = False,
     ) -> None:
         super().__init__(name="sqlmon-scheduler")
         self.start_method = start_method
+        # One active scheduler per database: a second one refuses (SchedulerRunning), or with
+        # standby=True waits, read-only, and takes over once the lease is free.
+        self.standby = bool(standby)
         if not interval > 0:
             raise ConfigError(f"interval must be above 0 s (got {interval})")
         if not stale_after > interval:
@@ -104,6 +108,15 @@ class Scheduler(multiprocessing.Process):
             raise ConfigError(f"task table: {describe(exc)}") from exc
         finally:
             engine.dispose()
+        if not self.standby:
+            engine = dbmod.engine(self.db, "read")
+            try:
+                with engine.connect() as conn:
+                    row, now = liveness.observe(conn)
+            finally:
+                engine.dispose()
+            if liveness.judge(row, now).alive and row is not None:
+                raise SchedulerRunning(_running(self.db, row))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -126,7 +139,8 @@ class Scheduler(multiprocessing.Process):
         for s in previous:
             signal.signal(s, on_signal)
         try:
-            self.open()
+            if self.open() is None:
+                return  # told to stop while standing by: no run was started
             next_at = time.monotonic()
             while self._signalled is None and not self._terminated():
                 self.step()
@@ -143,6 +157,9 @@ class Scheduler(multiprocessing.Process):
                 finally:
                     self._waiting = False
             reason = self._signalled or "terminate"
+        except LeaseLost as exc:
+            reason = "lease lost"
+            log.warning("scheduler run %d steps down: %s", self.run_id, exc)
         except SqlmonError as exc:
             reason = f"error: {exc}"
             log.error("scheduler stopped: %s", exc)
@@ -160,20 +177,48 @@ class Scheduler(multiprocessing.Process):
         else:
             time.sleep(seconds)
 
-    def open(self, now: float | None = None) -> int:
-        """Connect, start a run and say not idle; return the run id."""
-        now = time.time() if now is None else now
+    def open(self, now: float | None = None) -> int | None:
+        """Connect, take the lease (or, as a standby, wait for it), start a run and say not
+        idle; return the run id, or None when told to stop while standing by."""
         self._host = socket.gethostname()
         self._url = dbmod.to_url(self.db)
         self._wal = dbmod.wal_path(self._url)
+        self._path = dbmod.sqlite_path(self._url)
         self._engine = dbmod.engine(self._url, "scheduler")
         self._conn = self._engine.connect()
+        self._inode = _inode(self._path)
         # The task table in its own file is opened read-only: the monitor never takes its lock.
         self._task_engine = (
             dbmod.engine(self.backlog.database, "read") if self.backlog.database else None
         )
         self._task_conn = self._task_engine.connect() if self._task_engine else None
+        self._lost = False
+        self._opened = True
         s = self.settings
+        self._ttl = config.fresh_for(s["interval"])
+        me = history.Me(os.getpid(), procs.start_time(os.getpid()), self._host)
+        told = False
+        while True:
+            at = time.time() if now is None else now
+            # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
+            dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
+            with dbmod.write(self._conn):
+                got = history.acquire(self._conn, now=at, me=me, settings=s, ttl=self._ttl)
+            dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
+            if not isinstance(got, liveness.SchedulerRow):
+                break
+            if not self.standby:
+                self.close("refused")
+                raise SchedulerRunning(_running(self.db, got))
+            if not told:
+                told = True
+                log.info("standing by: %s", _running(self.db, got))
+            self._wait(s["interval"])
+            if self._terminated() or getattr(self, "_signalled", None):
+                self.close("stopped while standing by")
+                return None
+        self.run_id, self.term, unended = got
+        self.started_at = at
         self.monitor = Monitor(
             interval=s["interval"],
             stale_after=s["stale_after"],
@@ -182,30 +227,27 @@ class Scheduler(multiprocessing.Process):
             host=self._host,
             late_factor=config.LATE_FACTOR,
         )
-        # What earlier runs left is read before the write lock is taken, which is then held
-        # only for the two rows a start writes.
         with dbmod.read(self._conn):
             self.monitor.seed(history.last_events(self._conn))
-        # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
-        dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
-        with dbmod.write(self._conn):
-            self.run_id, unended = history.start_run(
-                self._conn, now=now, pid=os.getpid(), host=self._host, settings=s
-            )
-        dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
+            self._folded = history.folded_id(self._conn)
+            earlier = [w for w in history.windows(self._conn) if w.run_id != self.run_id]
+        # Stretches fold into this run's window, open until it ends, and into earlier runs'
+        # for the part of them that came before this run began.
+        self._windows = [stretches.Window(self.run_id, at, float("inf")), *earlier]
         if unended:
             # One line, however many kills came before: after a kill storm, a line per open run
             # would flood every later start.
-            earlier = len(unended) - 1
+            before = len(unended) - 1
             log.warning(
                 "run %d ended abnormally: its scheduler vanished without closing it%s",
                 max(unended),
-                f" (and {earlier} earlier run{'s' * (earlier != 1)} never ended)"
-                if earlier
-                else "",
+                f" (and {before} earlier run{'s' * (before != 1)} never ended)" if before else "",
             )
         self.writes_skipped = 0
-        self._unwritten: list[Event] = []  # events of cycles whose write failed, oldest first
+        # Of cycles whose write failed, oldest first: written with the next write.
+        self._unwritten: list[Event] = []
+        self._unwritten_judged: list[Judged] = []
+        self._unwritten_closes: list[Close] = []
         # Errors this run met, by stage and kind ("write: disk I/O error"): told at the end.
         self.errors: Counter[str] = Counter()
         self._last_hud = -float("inf")
@@ -213,8 +255,14 @@ class Scheduler(multiprocessing.Process):
         self._wal_warned = False
         # With the WAL-reset bug, the scheduler's own checkpoints never run back to back.
         self._careful = guards.has_wal_reset_bug()
-        self._opened = True
-        log.info("scheduler run %d started (pid %d) on %s", self.run_id, os.getpid(), self.db)
+        self._leading = True
+        log.info(
+            "scheduler run %d started (pid %d, term %d) on %s",
+            self.run_id,
+            os.getpid(),
+            self.term,
+            self.db,
+        )
         return self.run_id
 
     def read(self, now: float) -> Observation:
@@ -222,6 +270,7 @@ class Scheduler(multiprocessing.Process):
         try:
             with dbmod.read(self._conn):
                 workers = history.read_workers(self._conn)
+                new = history.new_stretches(self._conn, self._folded)
                 if self._task_conn is None:
                     counts, high = self.backlog.read(self._conn)
             if self._task_conn is not None:
@@ -230,7 +279,9 @@ class Scheduler(multiprocessing.Process):
         except sa.exc.DatabaseError as exc:
             self.errors[f"read: {describe(exc)}"] += 1
             return Observation(read_started=now, error=describe(exc))
-        return Observation(read_started=now, workers=workers, backlog=counts, high_water=high)
+        return Observation(
+            read_started=now, workers=workers, backlog=counts, high_water=high, stretches=new
+        )
 
     def step(self, now: float | None = None, mono: float | None = None) -> Cycle:
         """One cycle: read, judge, write, log. `now` (unix s) and `mono` (s) default to clocks."""
@@ -239,12 +290,23 @@ class Scheduler(multiprocessing.Process):
         started = time.perf_counter()
         now = time.time() if now is None else now
         mono = time.monotonic() if mono is None else mono
-        cycle = self.monitor.judge(self.read(now), now, mono)
+        if _inode(self._path) != self._inode:
+            # Never write into a deleted inode, nor a run into a file that is not its own.
+            self._leading = False
+            raise DatabaseError(f"{self._path}: the database file was deleted or replaced")
+        obs = self.read(now)
+        cycle = self.monitor.judge(obs, now, mono)
         stop_seen = self.stop_event is not None and self.stop_event.is_set()
+        # The stretches recorded since the last fold, added to the runs' totals with the cycle.
+        folded = None
+        if obs.stretches:
+            folded = (obs.stretches[-1].id, stretches.fold(obs.stretches, self._windows))
         seconds = time.perf_counter() - started
         # The judge reports each transition once: those of a cycle whose write fails wait for
         # the next write, or they would be lost (a restart never said to be a new incarnation).
-        events = self._unwritten + cycle.events if self._unwritten else cycle.events
+        events = self._unwritten + cycle.events
+        judged = self._unwritten_judged + cycle.judged
+        closes = self._unwritten_closes + cycle.closes
         shrinking = self._shrink_mode()
         try:
             with dbmod.write(self._conn):
@@ -252,20 +314,33 @@ class Scheduler(multiprocessing.Process):
                     self._conn,
                     self.run_id,
                     cycle,
+                    term=self.term,
+                    expires_at=now + seconds + self._ttl,
                     cycle_seconds=seconds,
                     writes_skipped=self.writes_skipped,
                     stop_seen=stop_seen,
                     heartbeat=now + seconds,
                     events=events,
+                    judged=judged,
+                    closes=closes,
+                    folded=folded,
                 )
             self.writes_skipped = 0
-            self._unwritten = []
+            self._unwritten, self._unwritten_judged, self._unwritten_closes = [], [], []
+            if folded is not None:
+                self._folded = folded[0]
+        except LeaseLost:
+            self._leading = False
+            raise
         except sa.exc.DatabaseError as exc:
             # The write lock was not had quickly, the disk is full, an I/O error: skip this
             # cycle's write rather than stall or die; the idle row goes stale, never idle.
-            # Its snapshot is lost (counted in the next one's writes_skipped); its events wait,
-            # the newest UNWRITTEN_EVENTS of them.
+            # Its snapshot is lost (counted in the next one's writes_skipped); its events,
+            # judgements and closed stretches wait, the newest UNWRITTEN_EVENTS of each (the
+            # stretches to fold are read again from the record by the next cycle).
             self._unwritten = events[-config.UNWRITTEN_EVENTS :]
+            self._unwritten_judged = judged[-config.UNWRITTEN_EVENTS :]
+            self._unwritten_closes = closes[-config.UNWRITTEN_EVENTS :]
             self.writes_skipped += 1
             # With the WAL-reset bug, no shrink_wal either while someone else holds the write
             # lock: its RESTART would run as a PASSIVE pass right after a complete one.
@@ -316,17 +391,38 @@ class Scheduler(multiprocessing.Process):
             self._wal_warned = False
 
     def close(self, reason: str = "closed", now: float | None = None) -> None:
-        """End the run row (so the idle row reads not idle) and let go of the connections."""
+        """End the run row (so the idle row reads not idle), hand the lease over, and let go
+        of the connections. A scheduler that lost its lease, or whose file was replaced,
+        writes nothing."""
         if not self._opened:
             return
         self._opened = False
         now = time.time() if now is None else now
         try:
-            dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
-            with dbmod.write(self._conn):
-                history.add_events(self._conn, self.run_id, self._unwritten)
-                history.end_run(self._conn, self.run_id, now=now, reason=reason)
-            log.info("scheduler run %d ended (%s)%s", self.run_id, reason, self._error_summary())
+            if getattr(self, "_leading", False):
+                dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
+                with dbmod.write(self._conn):
+                    history.add_pending(
+                        self._conn,
+                        self.run_id,
+                        self._unwritten,
+                        self._unwritten_judged,
+                        self._unwritten_closes,
+                    )
+                    ended = history.end_run(
+                        self._conn, self.run_id, now=now, reason=reason, term=self.term
+                    )
+                if ended:
+                    log.info(
+                        "scheduler run %d ended (%s)%s",
+                        self.run_id,
+                        reason,
+                        self._error_summary(),
+                    )
+                else:
+                    log.warning(
+                        "scheduler run %d: the lease was taken over; run left as is", self.run_id
+                    )
         except sa.exc.DatabaseError as exc:
             log.error(
                 "scheduler could not close run %d: %s%s",
@@ -335,6 +431,7 @@ class Scheduler(multiprocessing.Process):
                 self._error_summary(),
             )
         finally:
+            self._leading = False
             self._conn.close()
             self._engine.dispose()
             if self._task_conn is not None and self._task_engine is not None:
@@ -347,6 +444,23 @@ class Scheduler(multiprocessing.Process):
         return "; database errors met: " + ", ".join(
             f"{kind} x{n}" for kind, n in sorted(self.errors.items())
         )
+
+
+def _inode(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)  # gone
+    return st.st_dev, st.st_ino
+
+
+def _running(db: str, row: liveness.SchedulerRow) -> str:
+    return (
+        f"another scheduler is running on {db}: pid {row.pid} on {row.host}, run {row.run_id} "
+        "(stop it first, or start this one as a standby to take over when it stops)"
+    )
 
 
 def _log_to_terminal(level: int | str) -> None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 # Every revision this sqlmon can read, oldest first; the last is the one it writes.
-REVISIONS = ("0001", "0002")
+REVISIONS = ("0001", "0002", "0003")
 HEAD = REVISIONS[-1]
 VERSION_TABLE = "sqlmon_alembic_version"  # not Alembic's default, so a host app's own is safe
 
-EVENTS = ("joined", "busy", "idle", "category", "stale", "recovered", "dead", "exited")
 
 metadata = sa.MetaData()
 
@@ -31,6 +30,8 @@ worker_status = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("beats", sa.Integer, nullable=False, server_default="1"),
     sa.Column("exited_at", sa.Float),
+    sa.Column("missed", sa.Integer, nullable=False, server_default="0"),  # beats dropped so far
+    sa.Column("lost", sa.Integer, nullable=False, server_default="0"),  # stretches past the bound
 )
 
 tasks = sa.Table(
@@ -119,4 +120,56 @@ scheduler_state = sa.Table(
     sa.Column("verdict_since", sa.Float),  # start of the earliest read behind the verdict
     sa.Column("not_idle_reason", sa.Text),
     sa.Column("stop_seen", sa.Integer, nullable=False, server_default="0"),
+    # The lease: only the scheduler holding `term` may write; it expires at `expires_at`
+    # (unix s) unless renewed by the next cycle.
+    sa.Column("pid_start", sa.Float),
+    sa.Column("term", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("folded_id", sa.Integer, nullable=False, server_default="0"),  # stretch_totals'
+)
+
+# Every busy or idle stretch a worker closed, on the worker's own clock; a stretch still open
+# is worker_status's category since category_since.
+worker_stretches = sa.Table(
+    "worker_stretches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("worker_id", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("category", sa.Text),  # NULL: idle
+    sa.Column("started", sa.Float, nullable=False),
+    sa.Column("ended", sa.Float, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),  # ok, failed, dead
+    sa.Column("error", sa.Text),  # the exception's type name, when failed
+    sa.Index("ux_worker_stretches_start", "worker_id", "started", unique=True),
+    sqlite_autoincrement=True,  # ids only grow: folded_id is a cursor
+)
+
+# The scheduler's running sums of worker_stretches per run, clipped to the run's window.
+stretch_totals = sa.Table(
+    "stretch_totals",
+    metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True),
+    sa.Column("worker_id", sa.Text, primary_key=True),
+    sa.Column("category", sa.Text, primary_key=True),  # '' for idle
+    sa.Column("state", sa.Text, primary_key=True),  # busy or idle
+    sa.Column("outcome", sa.Text, primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("first_started", sa.Float, nullable=False),
+    sa.Column("last_ended", sa.Float, nullable=False),
+)
+
+# What the scheduler last judged of each worker's incarnation.
+worker_states = sa.Table(
+    "worker_states",
+    metadata,
+    sa.Column("worker_id", sa.Text, primary_key=True),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # alive, stale, dead, exited
+    sa.Column("since", sa.Float, nullable=False),
+    sa.Column("evidence", sa.Text),  # why dead: pid_gone, pid_reused, replaced, no_beats
+    sa.Column("detail", sa.Text),
+    sa.Column("run_id", sa.Integer, nullable=False),
 )

@@ -10,7 +10,8 @@ import pytest
 from sqlmon import render
 from sqlmon import timeline as tl
 from sqlmon.durations import format_length, parse_duration, parse_moment
-from sqlmon.queries import BacklogLine, RunLine, SchedulerView, Status, WorkerLine, health
+from sqlmon.liveness import SchedulerRow, judge
+from sqlmon.queries import BacklogLine, RunLine, Status, WorkerLine, health
 from sqlmon.report import (
     BacklogPeak,
     CategoryReport,
@@ -96,15 +97,24 @@ def test_runs_table_json_and_csv():
     )
 
 
+SCHED = SchedulerRow(
+    3, 55, None, "vm", 1.0, T0 + 9.5, 12, False, None, None, "2 tasks pending in OCR", False,
+    1, None, None, None,
+)  # fmt: skip
+
+
+def _at(now: float, sched: SchedulerRow | None, workers: list, backlog=(), ts=None, cycle=None):
+    # The judge as status() applies it, on a host that is not the scheduler's.
+    verdict = judge(sched, now, host="elsewhere")
+    return Status(now, sched, workers, list(backlog), ts, cycle, verdict)
+
+
 def _status() -> Status:
-    sched = SchedulerView(
-        3, 55, "vm", 1.0, T0 + 9.5, 12, False, None, "2 tasks pending in OCR", False, None, None
-    )
     workers = [
         WorkerLine("gpu-1", "gpu", 7, "vm", "OCR", T0 + 9.75, "busy", 40),
         WorkerLine("\x1b[2Jevil", "cpu", 8, "vm", None, T0 - 5, "stale", 3),
     ]
-    return Status(T0 + 10, sched, workers, [BacklogLine("gpu", "OCR", 2, 1, 1)], T0 + 9.5, 12)
+    return _at(T0 + 10, SCHED, workers, [BacklogLine("gpu", "OCR", 2, 1, 1)], T0 + 9.5, 12)
 
 
 def test_status_text():
@@ -134,14 +144,14 @@ def test_status_text():
 def test_health_says_why_in_one_line():
     assert health(_status()) == (False, "\x1b[2Jevil is stale")
     st = _status()
-    ok = Status(st.now, st.scheduler, st.workers[:1], st.backlog, st.backlog_ts, st.backlog_cycle)
+    ok = _at(st.now, st.scheduler, st.workers[:1], st.backlog, st.backlog_ts, st.backlog_cycle)
     assert health(ok) == (True, "ok: run 3 cycle 12, heartbeat 0.5 s ago, 1 worker(s) alive")
-    late = Status(T0 + 20, st.scheduler, [], [], None, None)
+    late = _at(T0 + 20, st.scheduler, [])
     assert health(late) == (
         False,
         "the scheduler's heartbeat is 10.5 s old (fresh means under 3.0 s): run 3",
     )
-    assert health(Status(T0, None, [], [], None, None)) == (
+    assert health(_at(T0, None, [])) == (
         False,
         "no scheduler has run on this database",
     )
