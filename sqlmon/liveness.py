@@ -65,7 +65,8 @@ def read(conn: Connection) -> SchedulerRow | None:
     row = conn.execute(_ROW).first()
     if row is None:
         return None
-    m = row._mapping
+    m = dict(row._mapping)
+    m["idle"], m["stop_seen"] = bool(m["idle"]), bool(m["stop_seen"])
     return SchedulerRow(**{f: m[f] for f in SchedulerRow.__dataclass_fields__})
 
 

@@ -24,7 +24,6 @@ from .schema import (
     runs,
     snapshot_counts,
     snapshots,
-    worker_events,
     worker_states,
     worker_status,
 )
@@ -316,46 +315,3 @@ def history(
     if limit:
         q = q.limit(limit)
     return [SnapshotLine(*r) for r in reversed(conn.execute(q).all())]
-
-
-@dataclass(frozen=True)
-class EventLine:
-    run_id: int
-    ts: float
-    worker_id: str
-    event: str
-    category: str | None
-    pid: int | None
-    detail: str | None
-
-
-def events(
-    conn: Connection,
-    *,
-    run_id: int | None = None,
-    worker: str | None = None,
-    event: str | None = None,
-    category: str | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    limit: int | None = None,
-) -> list[EventLine]:
-    """Worker events in the order the scheduler recorded them; with `limit`, the latest."""
-    e = worker_events.c
-    q = sa.select(*(e[f] for f in EventLine.__dataclass_fields__))
-    for column, value in (
-        (e.run_id, run_id),
-        (e.worker_id, worker),
-        (e.event, event),
-        (e.category, category),
-    ):
-        if value is not None:
-            q = q.where(column == value)
-    if since is not None:
-        q = q.where(e.ts >= since)
-    if until is not None:
-        q = q.where(e.ts <= until)
-    q = q.order_by(e.id.desc())
-    if limit:
-        q = q.limit(limit)
-    return [EventLine(*r) for r in reversed(conn.execute(q).all())]

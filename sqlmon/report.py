@@ -1,4 +1,6 @@
-"""Post-run analysis as plain data: queries over the history tables and views."""
+"""Post-run analysis as plain data: each worker's and category's figures from the stretches
+the workers recorded (usage.py), the backlog, stale episodes, deaths and cycles from the
+scheduler's history."""
 
 from __future__ import annotations
 
@@ -10,17 +12,26 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from .db import Prepared
+from .queries import natural
 from .schema import runs, snapshot_counts, snapshots, tasks, worker_events
+from .states import Event
+from .stretches import Window
+from .usage import CategoryUse, run_use
 
 
 @dataclass(frozen=True)
 class WorkerReport:
     worker_id: str
-    busy_seconds: float
-    seen_seconds: float  # from its first event in the run to its exit or the run's end
+    busy_seconds: float  # in its busy stretches, outside stale episodes
+    seen_seconds: float  # covered by its stretches in the run: busy + idle + stale
     stale_episodes: int
     longest_gap: float | None  # s without a beat, at least; None: never past stale_after
+    idle_seconds: float = 0.0
+    stale_seconds: float = 0.0  # of its stretches, inside its stale episodes
+    dead_seconds: float = 0.0  # from a death to its next join, or the run's end
+    tasks_done: int = 0  # busy stretches that ended in the run without an exception
+    failed: int = 0  # ... that ended by an exception
+    died_in_task: int = 0  # ... that its death cut short
 
     @property
     def utilisation(self) -> float:
@@ -30,9 +41,13 @@ class WorkerReport:
 @dataclass(frozen=True)
 class CategoryReport:
     category: str
-    busy_seconds: float  # worker-seconds
-    tasks_done: int | None  # None when the run's task table is not the bundled one
-    per_second: float | None  # tasks finished per second until the drain (or the run's end)
+    busy_seconds: float  # worker-seconds, outside stale episodes
+    tasks_done: int | None  # busy stretches that ended in the run without an exception
+    per_second: float | None  # tasks done per second of the category's own active window
+    failed: int = 0
+    active_seconds: float = 0.0  # from its first stretch's start to its last one's end
+    task_table_done: int | None = None  # the bundled task table's count; None: another table
+    task_table_failed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,21 +132,39 @@ def run_report(conn: Connection, run_id: int, *, state: str, end: float) -> Repo
         gap = ep.seconds + (stale_after or 0.0)
         gaps[ep.worker_id] = max(gap, gaps.get(ep.worker_id, 0.0))
     episodes = Counter(ep.worker_id for ep in stale)
-    use, per_category = _busy(conn, run_id, end)
+    window = Window(run_id, run.started_at, end)
+    use = run_use(conn, window, [(e.worker_id, e.started, e.started + e.seconds) for e in stale])
     workers = [
-        WorkerReport(w, busy, seen, episodes.get(w, 0), gaps.get(w)) for w, busy, seen in use
+        WorkerReport(
+            w,
+            u.busy,
+            u.seen,
+            episodes.get(w, 0),
+            gaps.get(w),
+            u.idle,
+            u.stale,
+            u.dead,
+            u.done,
+            u.failed,
+            u.died,
+        )
+        for w, u in sorted(use.workers.items(), key=lambda kv: natural(kv[0]))
     ]
-    done = _tasks_done(conn, settings, run.started_at, end)
-    span = (drained if drained is not None else end) - run.started_at
+    table = _task_table(conn, settings, run.started_at, end)
     categories = []
-    for category in sorted(set(per_category) | set(done or {})):
-        n = None if done is None else done.get(category, 0)
+    for category in sorted(set(use.categories) | set(table or {})):
+        k = use.categories.get(category, CategoryUse())
+        done, failed = (None, None) if table is None else table.get(category, (0, 0))
         categories.append(
             CategoryReport(
                 category,
-                per_category.get(category, 0.0),
-                n,
-                None if n is None or span <= 0 else n / span,
+                k.busy,
+                k.done,
+                k.done / k.active if k.active > 0 else None,
+                k.failed,
+                k.active,
+                done,
+                failed,
             )
         )
     return Report(
@@ -160,12 +193,15 @@ def troubles(
     dead: list[DeadWorker] = []
     for worker, event, ts, detail in conn.execute(
         sa.select(e.worker_id, e.event, e.ts, e.detail)
-        .where(e.run_id == run_id, e.event.in_(("stale", "recovered", "dead", "exited")))
-        .order_by(e.id)
+        .where(
+            e.run_id == run_id,
+            e.event.in_((Event.STALE, Event.RECOVERED, Event.DEAD, Event.EXITED)),
+        )
+        .order_by(e.ts, e.id)
     ):
-        if event == "dead":
+        if event == Event.DEAD:
             dead.append(DeadWorker(worker, ts, detail))
-        if event == "stale":
+        if event == Event.STALE:
             open_[worker] = ts
         elif worker in open_:
             started = open_.pop(worker)
@@ -176,72 +212,26 @@ def troubles(
     return episodes, dead
 
 
-def _busy(
-    conn: Connection, run_id: int, end: float
-) -> tuple[list[tuple[str, float, float]], dict[str, float]]:
-    """Per worker (busy s, seen s) and per category busy worker-seconds, from the run's own
-    events: each change of state lasts until the worker's next one, the last until the run's
-    end (the scheduler keeps a run's events in order and inside the run: it clamps worker
-    clocks); after an exit or a death nothing counts.
-
-    One read of the run's events in the order of the covering (run_id, worker_id, id, ...)
-    index, walked here: a lead() window per worker cost more (0.44-0.54 s against 0.25-0.39 s
-    for a day's 136,617 events), and the worker_intervals view numbers every run's events.
-    """
-    seen: dict[str, float] = {}
-    busy: dict[str, float] = {}
-    per_category: dict[str, float] = {}
-
-    def close(worker: str, category: str | None, started: float, until: float) -> None:
-        seconds = until - started
-        seen[worker] = seen.get(worker, 0.0) + seconds
-        busy.setdefault(worker, 0.0)
-        if category is not None:
-            busy[worker] += seconds
-            per_category[category] = per_category.get(category, 0.0) + seconds
-
-    last: tuple[str, str, str | None, float] | None = None  # worker, event, category, ts
-    for worker, event, category, ts in _RUN_EVENTS.rows(conn, (run_id,)):
-        if event not in _CHANGES:
-            continue  # stale / recovered change nothing the worker holds
-        if last is not None and last[1] not in _ENDS:
-            close(last[0], last[2], last[3], ts if worker == last[0] else end)
-        last = (worker, event, category, ts)
-    if last is not None and last[1] not in _ENDS:
-        close(last[0], last[2], last[3], end)
-    use = [(w, busy[w], seen[w]) for w in sorted(seen)]
-    return use, per_category
-
-
-_CHANGES = frozenset(("joined", "busy", "idle", "category", "exited", "dead"))
-_ENDS = frozenset(("exited", "dead"))
-_RUN_EVENTS = Prepared(
-    sa.select(
-        worker_events.c.worker_id,
-        worker_events.c.event,
-        worker_events.c.category,
-        worker_events.c.ts,
-    )
-    .where(worker_events.c.run_id == sa.bindparam("run_id"))
-    .order_by(worker_events.c.worker_id, worker_events.c.id),
-    ("run_id",),
-)
-
-
-def _tasks_done(
+def _task_table(
     conn: Connection, settings: dict[str, object], started: float, end: float
-) -> dict[str, int] | None:
+) -> dict[str, tuple[int, int]] | None:
+    """Per category, the bundled task table's (done, failed) finished in the window."""
     # Only the bundled task table can be counted from here: a pipeline's own table may live
     # elsewhere, under other names.
     if settings.get("task_table", "tasks") != "tasks" or settings.get("task_database"):
         return None
-    return dict(
-        conn.execute(  # type: ignore[arg-type]
-            sa.select(tasks.c.category, sa.func.count())
-            .where(tasks.c.status == "done", tasks.c.finished_at.between(started, end))
-            .group_by(tasks.c.category)
-        ).all()
-    )
+    out: dict[str, tuple[int, int]] = {}
+    for category, done, failed in conn.execute(
+        sa.select(
+            tasks.c.category,
+            sa.func.sum(sa.case((tasks.c.status == "done", 1), else_=0)),
+            sa.func.sum(sa.case((tasks.c.status == "failed", 1), else_=0)),
+        )
+        .where(tasks.c.status.in_(("done", "failed")), tasks.c.finished_at.between(started, end))
+        .group_by(tasks.c.category)
+    ):
+        out[category] = (int(done), int(failed))
+    return out
 
 
 def _peaks(conn: Connection, run_id: int) -> list[BacklogPeak]:

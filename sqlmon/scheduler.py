@@ -95,6 +95,15 @@ class Scheduler(multiprocessing.Process):
         # pick fork, spawn or forkserver for this process alone (None keeps the default).
         return multiprocessing.get_context(self.start_method).Process._Popen(process_obj)  # type: ignore[attr-defined]
 
+    def start(self) -> None:
+        # The process copy made by start() knows it runs as a child: an error ends it with
+        # exit code 1, for whoever joins it, instead of a clean 0.
+        self._as_child = True
+        try:
+            super().start()
+        finally:
+            self._as_child = False
+
     @property
     def interval(self) -> float:
         return float(self.settings["interval"])
@@ -167,6 +176,8 @@ class Scheduler(multiprocessing.Process):
             self.close(reason)
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        if reason.startswith("error: ") and getattr(self, "_as_child", False):
+            sys.exit(1)
 
     def _terminated(self) -> bool:
         return self.terminate_event is not None and self.terminate_event.is_set()

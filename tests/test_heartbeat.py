@@ -153,9 +153,29 @@ def test_deleted_database_file_never_raises(db: str, tmp_path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(db + suffix).unlink(missing_ok=True)
     Path(db).mkdir()  # the path now names a directory: every write fails
-    hb._forget_connection()  # as after a fork: the next beat reopens, and cannot
     hb.beat("B")
+    hb.beat("C")
+    assert hb.missed == 2
+
+
+def test_beats_never_go_silently_into_a_deleted_file(db: str) -> None:
+    hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
+    hb.beat("A")
+    for suffix in ("", "-wal", "-shm"):
+        Path(db + suffix).unlink(missing_ok=True)
+    hb.beat("B")  # into the deleted inode it would go: counted missed instead
     assert hb.missed == 1
+    from sqlmon import init_db
+
+    init_db(db)  # a new file at the same path: the heartbeat moves to it
+    hb.beat("C")
+    assert hb.missed == 1
+    assert sql(db, "SELECT worker_id, category, missed FROM worker_status") == [("w", "C", 1)]
+    # The stretches closed meanwhile were kept and written with the first write that got in.
+    assert [r[0] for r in sql(db, "SELECT category FROM worker_stretches ORDER BY started")] == [
+        "A",
+        "B",
+    ]
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])

@@ -57,16 +57,22 @@ def events(cycle):
     return [(e.worker_id, e.event, e.category) for e in cycle.events]
 
 
-def test_joined_busy_idle_transitions() -> None:
+def test_the_judge_records_liveness_and_a_death_closes_the_open_stretch() -> None:
     m = monitor()
     c = m.judge(obs(1000, [row(category="OCR", since=995.0, beats=2)]), 1000.0, 0.0)
-    assert events(c) == [("w", "joined", None), ("w", "busy", "OCR")]
-    assert [e.ts for e in c.events] == [990.0, 995.0]
+    # What a worker does is its own record: the judge says only that it joined.
+    assert events(c) == [("w", "joined", None)]
+    assert [(j.worker_id, j.state, j.since) for j in c.judged] == [("w", "alive", 990.0)]
     assert c.workers[0].state == "busy"
     c = m.judge(obs(1001, [row(category="PLATE", since=1000.5, beats=3)]), 1001.0, 1.0)
-    assert events(c) == [("w", "category", "PLATE")]
-    c = m.judge(obs(1002, [row(category=None, since=1001.5, beats=4)]), 1002.0, 2.0)
-    assert events(c) == [("w", "idle", None)]
+    assert events(c) == [] and c.closes == []
+    # Its process gone mid-task: dead, with the evidence, and its stretch ends at the death.
+    m = monitor()
+    gone = 2**22 + 4321
+    c = m.judge(obs(1002, [row(pid=gone, category="OCR", since=1001.6)]), 1002.0, 2.0)
+    assert events(c) == [("w", "joined", None), ("w", "dead", "OCR")]
+    assert [(j.state, j.evidence) for j in c.judged] == [("alive", None), ("dead", "pid_gone")]
+    assert [(x.category, x.started, x.ended) for x in c.closes] == [("OCR", 1001.6, 1002.0)]
 
 
 def test_joined_and_exited_between_two_cycles_gets_both_events() -> None:
@@ -177,11 +183,11 @@ def test_a_new_incarnation_under_the_same_id() -> None:
 
 def test_event_times_stay_inside_the_cycle_window_when_worker_clocks_jump() -> None:
     m = monitor()
-    m.judge(obs(1000, [row(beats=1)]), 1000.0, 0.0)
-    c = m.judge(obs(1001, [row(category="OCR", since=4600.0, beats=2)]), 1001.0, 1.0)
+    m.judge(obs(1000), 1000.0, 0.0)
+    c = m.judge(obs(1001, [row(started=4600.0, beats=1)]), 1001.0, 1.0)
     assert [e.ts for e in c.events] == [1001.0]
-    c = m.judge(obs(1002, [row(category=None, since=-3600.0, beats=3)]), 1002.0, 2.0)
-    assert [e.ts for e in c.events] == [1001.0]
+    c = m.judge(obs(1002, [row(started=-3600.0, beats=1)]), 1002.0, 2.0)
+    assert [e.ts for e in c.events] == [1001.0, 1001.0]  # the old one's death, the new join
 
 
 def test_restart_does_not_repeat_an_exit() -> None:
