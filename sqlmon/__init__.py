@@ -7,7 +7,7 @@ and the main process asks `is_idle` / `wait_idle` whether everything is done.
 from typing import TYPE_CHECKING
 
 from .backlog import TaskTable
-from .errors import ConfigError, DatabaseError, SqlmonError
+from .errors import ConfigError, DatabaseError, SchedulerGone, SchedulerRunning, SqlmonError
 from .heartbeat import Heartbeat
 from .idle import is_idle, wait_idle
 from .migrate import init_db
@@ -31,6 +31,8 @@ __all__ = [
     "DatabaseError",
     "Heartbeat",
     "Scheduler",
+    "SchedulerGone",
+    "SchedulerRunning",
     "SqlmonError",
     "TaskTable",
     "init_db",

@@ -60,7 +60,8 @@ def started(db: str, proc: subprocess.Popen[str]) -> bool:
 def add_pending(db: str, n: int = 5) -> None:
     execute(
         db,
-        "INSERT INTO tasks (category, pool, status, created_at) VALUES ('OCR', 'gpu', 'pending', 0)",
+        "INSERT INTO tasks (category, pool, status, created_at) "
+        "VALUES ('OCR', 'gpu', 'pending', 0)",
         [()] * n,
     )
 
