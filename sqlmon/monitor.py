@@ -310,7 +310,15 @@ class Monitor:
             evidence = None if late else self._death(row)
             if evidence is not None:
                 t.dead = True
-                emit(now, Ev.DEAD, row.category, _DEATH[evidence].format(pid=row.pid), evidence)
+                detail = _DEATH[evidence].format(pid=row.pid)
+                emit(now, Ev.DEAD, row.category, detail, evidence)
+                # One line per death: the event is emitted once per episode.
+                log.warning(
+                    "worker %s is dead: %s%s",
+                    row.worker_id,
+                    detail,
+                    f" (in {row.category})" if row.category else "",
+                )
                 if row.category_since is not None:
                     # The stretch it was in ends here, at the death this cycle found.
                     self._closes.append(

@@ -202,3 +202,13 @@ def test_restart_does_not_repeat_a_death() -> None:
     m.seed([("gone", "dead")])
     c = m.judge(obs(1000, [row("gone", pid=2**22 + 999)]), 1000.0, 0.0)
     assert events(c) == [] and c.workers[0].state == "dead"
+
+
+def test_a_death_is_warned_about_once_per_episode(caplog) -> None:
+    m = monitor()
+    gone = row("gone", pid=2**22 + 77, category="OCR")
+    with caplog.at_level("WARNING", logger="sqlmon"):
+        for t in range(3):
+            m.judge(obs(1000 + t, [gone]), 1000.0 + t, float(t))
+    warned = [r.getMessage() for r in caplog.records if "dead" in r.getMessage()]
+    assert warned == [f"worker gone is dead: pid {2**22 + 77} is gone (in OCR)"]
