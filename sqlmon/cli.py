@@ -15,8 +15,8 @@ from typing import Annotated, NoReturn
 import sqlalchemy as sa
 import typer
 
+from . import config
 from . import db as dbmod
-from . import demo as demomod
 from . import queries
 from .errors import SqlmonError
 
@@ -25,9 +25,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: paragraphs rewrapped to the terminal, and rich never imported.
+    rich_markup_mode=None,
 )
 
-DbArg = Annotated[str, typer.Argument(help="The database: a file path or an SQLAlchemy URL.")]
+DbArg = Annotated[
+    str, typer.Argument(help="The database: a file path or an SQLAlchemy URL.", metavar="DB")
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -63,23 +67,103 @@ def init(db: DbArg) -> None:
 @app.command()
 def run(
     db: DbArg,
-    interval: Annotated[float, typer.Option(help="Seconds between cycles.")] = 1.0,
-    stale_after: Annotated[float, typer.Option(help="Seconds without a beat: stale.")] = 10.0,
-    warn_after: Annotated[float, typer.Option(help="Seconds stale before a warning.")] = 30.0,
-    idle_confirm: Annotated[int, typer.Option(help="Idle cycles in a row before idle.")] = 2,
+    interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Between cycles.")
+    ] = config.INTERVAL,
+    stale_after: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Without a beat: stale.")
+    ] = config.STALE_AFTER,
+    warn_after: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Stale this long: one warning.")
+    ] = config.WARN_AFTER,
+    idle_confirm: Annotated[
+        int, typer.Option(metavar="N", help="Idle cycles in a row before idle.")
+    ] = config.IDLE_CONFIRM,
     standby: Annotated[
         bool,
         typer.Option(help="If another scheduler runs, wait and take over when it stops."),
     ] = False,
+    hud: Annotated[
+        str,
+        typer.Option(
+            metavar="line|full|off",
+            help="The HUD on stderr: one line per --hud-every, with the per-pool detail when "
+            "a worker's state or the busy categories changed; the detail every time; or none.",
+        ),
+    ] = "line",
+    hud_every: Annotated[
+        float, typer.Option(metavar="SECONDS", min=0.0, help="Between HUD lines, at least.")
+    ] = config.HUD_EVERY,
+    task_table: Annotated[
+        str | None, typer.Option(metavar="NAME", help="The pipeline's task table [tasks].")
+    ] = None,
+    category_column: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Its category column [category].")
+    ] = None,
+    status_column: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Its status column [status].")
+    ] = None,
+    pool_column: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Its pool column [pool].")
+    ] = None,
+    pools: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CAT=POOL,...",
+            help="For a table without a pool column: each category's pool (OCR=gpu,SUMMARY=cpu).",
+        ),
+    ] = None,
+    pending: Annotated[
+        str | None, typer.Option(metavar="V,...", help="Status values that count as pending.")
+    ] = None,
+    running: Annotated[
+        str | None, typer.Option(metavar="V,...", help="Status values that count as running.")
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="A column whose maximum only grows [id]; none: no such."),
+    ] = None,
+    task_db: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="The task table is in this database (read-only)."),
+    ] = None,
 ) -> None:
     """Run the scheduler in the foreground until Ctrl-C or SIGTERM.
 
     One scheduler is active per database: a second one refuses, or with --standby waits
-    (read-only) and takes over when the first stops or dies.
+    (read-only) and takes over when the first stops or dies. The task table options say
+    where your pipeline keeps its tasks, as sqlmon.TaskTable does.
     """
+    import logging
+
+    from .backlog import TaskTable
     from .scheduler import Scheduler
 
+    if hud not in ("line", "full", "off"):
+        fail(f"--hud: {hud!r} is not one of line, full, off")
+    if pools is not None and pool_column is not None:
+        fail("--pools is for a table without a pool column: give --pool-column or --pools")
+    table: dict[str, object] = {
+        k: v
+        for k, v in {
+            "table": task_table,
+            "category": category_column,
+            "status": status_column,
+            "pool": pool_column,
+            "database": task_db,
+        }.items()
+        if v is not None
+    }
+    if pools is not None:
+        table["pool"], table["pools"] = None, _pairs("--pools", pools)
+    for key, text in (("pending", pending), ("running", running)):
+        if text is not None:
+            table[key] = [v.strip() for v in text.split(",") if v.strip()]
+    if id_column is not None:
+        table["id"] = None if id_column == "none" else id_column
     _logging()
+    if hud == "full":
+        logging.getLogger("sqlmon.hud").setLevel(logging.DEBUG)
     try:
         scheduler = Scheduler(
             db,
@@ -87,11 +171,34 @@ def run(
             stale_after=stale_after,
             warn_after=warn_after,
             idle_confirm=idle_confirm,
+            hud_every=0.0 if hud == "off" else hud_every,
+            backlog=TaskTable(**table),  # type: ignore[arg-type]
             standby=standby,
         )
     except SqlmonError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()
     scheduler.run()
+    # The scheduler ends its run on SIGINT by itself; the shell still hears of the interrupt.
+    if getattr(scheduler, "_signalled", None) == "SIGINT":
+        raise typer.Exit(130)
+
+
+def _pairs(option: str, text: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            fail(f"{option}: {item!r} is not CATEGORY=POOL")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C: the children are stopped by now; one line, and the shell's 130."""
+    typer.echo("sqlmon: interrupted", err=True)
+    raise typer.Exit(130)
 
 
 @app.command()
@@ -109,6 +216,8 @@ def demo(
     ] = False,
 ) -> None:
     """Run a dashcam-like pipeline under the scheduler, wait for idle, and summarise."""
+    from . import demo as demomod
+
     _logging()
     settings = demomod.DemoSettings(
         db=str(db) if db is not None else demomod.default_db(),
@@ -123,6 +232,8 @@ def demo(
         result = demomod.run(settings)
     except SqlmonError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()  # demo.run stopped its workers and the scheduler first
     typer.echo(render_demo_summary(settings.db, result))
     if not result["idle"]:
         raise typer.Exit(1)
@@ -137,15 +248,19 @@ def render_demo_summary(db: str, result: dict[str, object]) -> str:
         chosen = _run(conn, int(result["run_id"]), time.time())  # type: ignore[call-overload]
         with dbmod.read(conn):
             r = run_report(conn, chosen.run_id, state=chosen.state, end=chosen.end)
-    done = {c.category: c.tasks_done or 0 for c in r.categories}
+    # Tasks as the workers' own busy stretches count them.
+    done = sum(c.tasks_done or 0 for c in r.categories)
     verdict = "idle" if result["idle"] else "NOT idle (timed out)"
     lines = [
         "",
         f"run {r.run_id}: {verdict} after {result['seconds']:.1f} s; "
-        f"{sum(done.values())} tasks done, "
+        f"{done} tasks done, {sum(c.failed for c in r.categories)} failed, "
         f"{len(r.stale)} stale episode(s), {len(r.dead)} dead worker(s)",
         "",
-        tabulate(sorted(done.items()), headers=("category", "tasks done")),
+        tabulate(
+            [(c.category, c.tasks_done or 0, c.failed) for c in r.categories],
+            headers=("category", "tasks done", "failed"),
+        ),
         "",
         tabulate(
             [(w.worker_id, f"{w.busy_seconds:.1f}", f"{w.utilisation:.0%}") for w in r.workers],
@@ -311,7 +426,8 @@ def events(
     event: Annotated[
         str | None,
         typer.Option(
-            help="Only this event: joined, busy, idle, category, stale, recovered, dead or exited."
+            help="Only this event: joined, busy, idle, failed, stale, recovered, dead, exited "
+            "(or category, in older histories)."
         ),
     ] = None,
     category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
@@ -325,7 +441,8 @@ def events(
     ] = 100,
     fmt: FormatOpt = "table",
 ) -> None:
-    """Worker events (the transitions the scheduler saw), oldest first."""
+    """Worker events, oldest first: the scheduler's liveness events and the stretches the
+    workers recorded (busy, idle, failed)."""
     from .render import events_text
     from .states import Event
 
@@ -481,8 +598,9 @@ def prune(
 ) -> None:
     """Delete the history of older runs, in batches; never the current run's.
 
-    Snapshots, their counts, worker events and run rows go; the task table and worker_status
-    stay. Each batch is one short write transaction.
+    Snapshots, their counts, worker events, stretch totals and run rows go, and the worker
+    stretches that end before the oldest run left; the task table and worker_status stay.
+    Each batch is one short write transaction.
     """
     from . import config
     from .durations import parse_duration
@@ -521,7 +639,9 @@ def prune(
     typer.echo(
         f"pruned {len(done.runs)} run(s) {_ids(done.runs)}older than {older_than}: "
         f"{done.snapshots} snapshots, {done.counts} snapshot counts, {done.events} worker "
-        f"events and {len(done.runs)} run rows; {done.rows} rows in all"
+        f"events, {done.totals} stretch totals, {len(done.runs)} run rows and "
+        f"{done.stretches} worker stretches from before the oldest run left; "
+        f"{done.rows} rows in all"
     )
 
 

@@ -11,6 +11,8 @@ import logging
 import multiprocessing
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +138,9 @@ def worker_main(
     db: str, worker_id: str, pool: str, terminate: Any, length: float, hang: float
 ) -> None:
     """A demo worker: claim, beat, work, complete; beat while idle; exit on terminate."""
+    # Ctrl-C reaches the whole process group: the main process stops the workers through
+    # terminate, as on any other stop, so that each closes its heartbeat (exited, not dead).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     hb = Heartbeat(db, worker_id, pool)
     engine = dbmod.engine(db, "admin")
     rng = random.Random(worker_id)
@@ -199,27 +204,47 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         for i in range(n)
     ]
     started = time.time()
-    scheduler.start()
-    for w in workers:
-        w.start()
+    interrupted = False
     try:
+        scheduler.start()
+        for w in workers:
+            w.start()
         idle = wait_idle(settings.db, timeout=settings.timeout, since=started)
         drained = time.time()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        stop.set()  # the pipeline's own flags: set by the main process, never by sqlmon
-        terminate.set()
-        _join(workers)
-        # The cycle in flight may have read worker_status before the last exit: the second
-        # one from now began after the joins, so it sees every exit.
-        _cycles_pass(settings.db, 2, timeout=6 * settings.interval)
-        monitor_done.set()
-        _join([scheduler])
+        # A second Ctrl-C while stopping would leave children running: held off until done.
+        held = _hold_sigint()
+        try:
+            stop.set()  # the pipeline's own flags: set by the main process, never by sqlmon
+            terminate.set()
+            _join([w for w in workers if w.pid is not None])
+            # The cycle in flight may have read worker_status before the last exit: the second
+            # one from now began after the joins, so it sees every exit. After Ctrl-C the
+            # scheduler, in the same process group, is ending its run by itself.
+            if not interrupted:
+                _cycles_pass(settings.db, 2, timeout=6 * settings.interval)
+            monitor_done.set()
+            if scheduler.pid is not None:
+                _join([scheduler])
+        finally:
+            if held is not None:
+                signal.signal(signal.SIGINT, held)
     return {
         "idle": idle,
         "seconds": drained - started,
         "run_id": _latest_run(settings.db),
         "exit_codes": {p.name: p.exitcode for p in [*workers, scheduler]},
     }
+
+
+def _hold_sigint() -> Any:
+    """Ignore SIGINT (only the main thread may); return the handler to put back, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _join(processes: list[Any]) -> None:

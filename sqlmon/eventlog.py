@@ -57,7 +57,7 @@ def events(
         keyed += _liveness(conn, run_id, worker, event, category, lo, hi, limit)
     if event is None or event in STRETCH_EVENTS:
         windows = _windows(conn)
-        workers = [worker] if worker is not None else _stretch_workers(conn)
+        workers = [worker] if worker is not None else stretch_workers(conn)
         for w in workers:
             keyed += _from_stretches(conn, w, event, category, lo, hi, limit, run_id, windows)
     keyed.sort(key=lambda k: k[0])
@@ -145,7 +145,7 @@ def _from_stretches(
     return out
 
 
-def _stretch_workers(conn: Connection) -> list[str]:
+def stretch_workers(conn: Connection) -> list[str]:
     """Every worker id in worker_stretches, by seeks in its index (a loose index scan)."""
     q = sa.text(
         "SELECT worker_id FROM worker_stretches WHERE worker_id > :w ORDER BY worker_id LIMIT 1"

@@ -10,7 +10,16 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from . import db as dbmod
-from .schema import runs, scheduler_state, snapshot_counts, snapshots, worker_events
+from .schema import (
+    runs,
+    scheduler_state,
+    snapshot_counts,
+    snapshots,
+    stretch_totals,
+    worker_events,
+    worker_status,
+    worker_stretches,
+)
 
 BATCH = 2000  # rows per write transaction: each holds the write lock for milliseconds
 
@@ -21,10 +30,19 @@ class Pruned:
     snapshots: int = 0
     counts: int = 0
     events: int = 0
+    totals: int = 0  # stretch_totals rows
+    stretches: int = 0  # worker_stretches wholly before the oldest run left
 
     @property
     def rows(self) -> int:
-        return len(self.runs) + self.snapshots + self.counts + self.events
+        return (
+            len(self.runs)
+            + self.snapshots
+            + self.counts
+            + self.events
+            + self.totals
+            + self.stretches
+        )
 
 
 def old_runs(conn: Connection, before: float) -> list[int]:
@@ -46,7 +64,8 @@ def old_runs(conn: Connection, before: float) -> list[int]:
 
 
 def prune(conn: Connection, before: float, batch: int = BATCH) -> Pruned:
-    """Delete the snapshots, counts, events and run rows of runs older than `before`.
+    """Delete the snapshots, counts, events, stretch totals and run rows of runs older than
+    `before`, then the stretches that end before the oldest run left begins.
 
     `conn` must not be in a transaction: each batch is its own db.write transaction.
     """
@@ -54,7 +73,7 @@ def prune(conn: Connection, before: float, batch: int = BATCH) -> Pruned:
     # new run, so the list cannot go stale while the batches run.
     with dbmod.read(conn):
         targets = old_runs(conn, before)
-    n_snap = n_counts = n_events = 0
+    n_snap = n_counts = n_events = n_totals = 0
     for run_id in targets:
         while True:
             with dbmod.write(conn):
@@ -88,5 +107,39 @@ def prune(conn: Connection, before: float, batch: int = BATCH) -> Pruned:
             if not ids:
                 break
         with dbmod.write(conn):
+            n_totals += conn.execute(
+                sa.delete(stretch_totals).where(stretch_totals.c.run_id == run_id)
+            ).rowcount
             conn.execute(sa.delete(runs).where(runs.c.run_id == run_id))
-    return Pruned(targets, n_snap, n_counts, n_events)
+    n_stretches = _prune_stretches(conn, before, batch) if targets else 0
+    return Pruned(targets, n_snap, n_counts, n_events, n_totals, n_stretches)
+
+
+def _prune_stretches(conn: Connection, before: float, batch: int) -> int:
+    """Delete the stretches that lie wholly before the oldest remaining run (or `before`,
+    when none is left): no report, timeline or view can show them any more."""
+    with dbmod.read(conn):
+        oldest = conn.execute(sa.select(sa.func.min(runs.c.started_at))).scalar()
+    cutoff = before if oldest is None else oldest
+    w, x = worker_status.c, worker_stretches.c
+    # A stretch the scheduler closed at a death stays while worker_status still names it as
+    # the open one: without it the views would take that stretch for still open.
+    named = sa.exists().where(w.worker_id == x.worker_id, w.category_since == x.started)
+    page = sa.select(x.id, x.started, x.ended, named).where(x.id > sa.bindparam("after"))
+    page = page.order_by(x.id).limit(batch)
+    n, after = 0, 0
+    while True:
+        # Ids grow in the order stretches were closed: the old ones come first, and a page
+        # that only began after the cutoff ends the walk (a stretch written that late, after
+        # a long outage of its worker's writes, stays).
+        with dbmod.read(conn):
+            rows = conn.execute(page, {"after": after}).all()
+        if not rows:
+            return n
+        after = rows[-1][0]
+        ids = [i for i, _, ended, keep in rows if ended <= cutoff and not keep]
+        if ids:
+            with dbmod.write(conn):
+                n += conn.execute(sa.delete(worker_stretches).where(x.id.in_(ids))).rowcount
+        elif min(started for _, started, _, _ in rows) > cutoff:
+            return n

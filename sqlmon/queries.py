@@ -18,6 +18,8 @@ from sqlalchemy import Connection
 from . import db as dbmod
 from . import liveness
 from .errors import DatabaseError, SqlmonError
+from .eventlog import EventLine as EventLine  # the events live in eventlog.py
+from .eventlog import events as events
 from .liveness import SchedulerRow, Verdict
 from .migrate import check, describe
 from .schema import (
@@ -276,7 +278,7 @@ def find_run(conn: Connection, now: float | None = None, run_id: int | None = No
     raise UnknownRun(f"no run {run_id} (runs here: {all_runs[0].run_id} to {all_runs[-1].run_id})")
 
 
-# -- history and events ---------------------------------------------------------------------
+# -- history (the merged events are eventlog.events) ----------------------------------------
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,12 @@ def report_data(r: Report) -> dict[str, object]:
                 "utilisation": round(w.utilisation, 4),
                 "stale_episodes": w.stale_episodes,
                 "longest_gap_seconds": _seconds(w.longest_gap),
+                "idle_seconds": _seconds(w.idle_seconds),
+                "stale_seconds": _seconds(w.stale_seconds),
+                "dead_seconds": _seconds(w.dead_seconds),
+                "tasks_done": w.tasks_done,
+                "failed": w.failed,
+                "died_in_task": w.died_in_task,
             }
             for w in r.workers
         ],
@@ -296,6 +302,10 @@ def report_data(r: Report) -> dict[str, object]:
                 "busy_worker_seconds": _seconds(k.busy_seconds),
                 "tasks_done": k.tasks_done,
                 "tasks_per_second": None if k.per_second is None else round(k.per_second, 4),
+                "failed": k.failed,
+                "active_seconds": _seconds(k.active_seconds),
+                "task_table_done": k.task_table_done,
+                "task_table_failed": k.task_table_failed,
             }
             for k in r.categories
         ],
@@ -356,15 +366,28 @@ def report_text(r: Report, fmt: str = "table") -> str:
         f"workers{gap_note}:",
         listing(r.workers, _REPORT_WORKERS, "table"),
         "",
-        "categories (tasks per second until the drain):",
+        "categories (tasks/s over each category's own active time; the task table beside):",
         _table(
-            ("category", "busy worker-s", "tasks done", "tasks/s"),
+            (
+                "category",
+                "busy worker-s",
+                "done",
+                "failed",
+                "active",
+                "tasks/s",
+                "table done",
+                "table failed",
+            ),
             (
                 (
                     k.category,
                     f"{k.busy_seconds:.1f}",
                     "-" if k.tasks_done is None else k.tasks_done,
+                    k.failed,
+                    format_length(k.active_seconds),
                     "-" if k.per_second is None else f"{k.per_second:.2f}",
+                    "-" if k.task_table_done is None else k.task_table_done,
+                    "-" if k.task_table_failed is None else k.task_table_failed,
                 )
                 for k in r.categories
             ),
@@ -401,6 +424,9 @@ def report_text(r: Report, fmt: str = "table") -> str:
 _REPORT_WORKERS = (
     Column("worker", "worker_id", lambda w: w.worker_id),
     _length("busy", "busy_seconds", lambda w: w.busy_seconds),
+    _length("idle", "idle_seconds", lambda w: w.idle_seconds),
+    _length("stale", "stale_seconds", lambda w: w.stale_seconds),
+    _length("dead", "dead_seconds", lambda w: w.dead_seconds),
     _length("seen", "seen_seconds", lambda w: w.seen_seconds),
     Column(
         "utilisation",
@@ -409,6 +435,9 @@ _REPORT_WORKERS = (
         lambda v: f"{v:.0%}",
         lambda v: round(v, 4),
     ),
+    Column("done", "tasks_done", lambda w: w.tasks_done),
+    Column("failed", "failed", lambda w: w.failed),
+    Column("died", "died_in_task", lambda w: w.died_in_task),
     Column("stale episodes", "stale_episodes", lambda w: w.stale_episodes),
     _length("longest beat gap", "longest_gap_seconds", lambda w: w.longest_gap),
 )

@@ -361,9 +361,9 @@ class Scheduler(multiprocessing.Process):
                 self._last_skip_log = mono
                 log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
         self._keep_wal_small(shrinking)
-        if mono - self._last_hud >= self.settings["hud_every"]:
-            self._last_hud = mono
-            log.info("%s", hud.render(cycle))
+        if self.settings["hud_every"] and mono - self._last_hud >= self.settings["hud_every"]:
+            self._last_hud = mono  # hud_every 0: no HUD; the detail only when the shape changed
+            self._hud_seen = hud.emit(cycle, getattr(self, "_hud_seen", None))
         return cycle
 
     def _shrink_mode(self) -> bool:

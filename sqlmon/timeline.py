@@ -13,9 +13,13 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from .durations import format_length, format_time
+from .eventlog import stretch_workers
+from .queries import natural
 from .render import clean
 from .report import troubles
-from .schema import snapshot_counts, snapshots, worker_events
+from .schema import snapshot_counts, snapshots
+from .stretches import Window, clip
+from .usage import open_stretches
 
 IDLE, STALE = "idle", "stale"
 IDLE_MARK, STALE_MARK = ".", "!"
@@ -52,44 +56,26 @@ def load(
     points: int = 400,
     resolution: int = 2000,
 ) -> Timeline:
-    """The run's stretches, clipped to [start, end], and at most `points` backlog samples per
-    category (the peak of each slice of time). Aggregated in SQL: stretches shorter than
-    1/`resolution` of the run come summed per slice, so a day of events stays a few rows."""
-    e = worker_events.c
-    changes = (
-        sa.select(
-            e.id,
-            e.worker_id,
-            e.event,
-            e.category,
-            e.ts,
-            sa.func.lead(e.ts).over(partition_by=e.worker_id, order_by=e.id).label("ended"),
-        )
-        .where(
-            e.run_id == run_id,
-            e.event.in_(("joined", "busy", "idle", "category", "exited", "dead")),
-        )
-        .subquery()
-    )
+    """The run's stretches, clipped to [start, end] as worker_intervals clips them, and at most
+    `points` backlog samples per category (the peak of each slice of time). Aggregated in SQL:
+    stretches shorter than 1/`resolution` of the run come summed per slice, so a day of
+    stretches stays a few rows per worker."""
     step = max(end - start, 1e-9) / resolution
-    length = sa.func.coalesce(changes.c.ended, end) - changes.c.ts
-    # A long stretch keeps its own group (its id); short ones share their slice's group.
-    group = sa.case(
-        (length >= step, -1 - changes.c.id),
-        else_=sa.cast((changes.c.ts - start) / step, sa.Integer),
-    )
     lanes: dict[str, list[Stretch]] = {}
-    for worker, category, first, seconds in conn.execute(
-        sa.select(
-            changes.c.worker_id, changes.c.category, sa.func.min(changes.c.ts), sa.func.sum(length)
-        )
-        .where(changes.c.event.not_in(("exited", "dead")))
-        .group_by(changes.c.worker_id, changes.c.category, group)
-    ):
-        stop = min(first + seconds, end)
-        if stop > first:
-            key = category if category is not None else IDLE
-            lanes.setdefault(worker, []).append(Stretch(first, stop, key))
+    for worker in stretch_workers(conn):
+        for category, first, seconds in conn.execute(
+            _LANE_SQL, {"w": worker, "start": start, "end": end, "step": step}
+        ):
+            stop = min(first + seconds, end)
+            if stop > first:
+                key = category if category is not None else IDLE
+                lanes.setdefault(worker, []).append(Stretch(first, stop, key))
+    window = Window(run_id, start, end)
+    for o in open_stretches(conn, window):
+        part = clip(o.started, o.ended, window)
+        if part is not None and part[1] > part[0]:
+            key = o.category if o.category is not None else IDLE
+            lanes.setdefault(o.worker_id, []).append(Stretch(*part, key))
     for ep in troubles(conn, run_id, end)[0]:
         lanes.setdefault(ep.worker_id, []).append(
             Stretch(ep.started, ep.started + ep.seconds, STALE)
@@ -111,10 +97,30 @@ def load(
         run_id,
         start,
         end,
-        [Lane(w, sorted(ss, key=lambda x: x.start)) for w, ss in sorted(lanes.items())],
+        [
+            Lane(w, sorted(ss, key=lambda x: x.start))
+            for w, ss in sorted(lanes.items(), key=lambda kv: natural(kv[0]))
+        ],
         categories,
         backlog,
     )
+
+
+# One worker's stretches that overlap [start, end], clipped to it: each one at least a slice
+# long on its own (its id is its group), shorter ones summed per slice. Read by seeks on the
+# (worker_id, started) index from the stretch open at `start`.
+_LANE_SQL = sa.text(
+    """
+    SELECT category, min(max(started, :start)), sum(min(ended, :end) - max(started, :start))
+    FROM worker_stretches
+    WHERE worker_id = :w AND started < :end AND ended > :start
+      AND started >= COALESCE((SELECT started FROM worker_stretches WHERE worker_id = :w
+                               AND started <= :start ORDER BY started DESC LIMIT 1), :start)
+    GROUP BY category,
+             CASE WHEN min(ended, :end) - max(started, :start) >= :step THEN -1 - id
+                  ELSE CAST((max(started, :start) - :start) / :step AS INTEGER) END
+    """
+)
 
 
 def symbols(categories: Iterable[str]) -> dict[str, str]:

@@ -71,3 +71,43 @@ def chain_worker(db: str, worker_id: str, pool: str, terminate, gap: float, step
         hb.beat(None)
     hb.close()
     conn.close()
+
+
+def alternate(
+    db: str, worker_id: str, busy: float, idle: float, seconds: float, fail_every: int, out: str
+) -> None:
+    """A worker alternating `busy` s in a task and `idle` s between tasks for about `seconds`;
+    every `fail_every`-th task raises ValueError. It writes its own record to `out` (JSON): its
+    first and last moment and each task's start and end, read around the busy block."""
+    import json
+
+    hb = Heartbeat(db, worker_id, "cpu")
+    begun = time.time()
+    hb.beat(None)
+    tasks, failed, n = [], 0, 0
+    while time.time() < begun + seconds:
+        n += 1
+        a = time.time()
+        try:
+            with hb.busy("WORK"):
+                time.sleep(busy)
+                if fail_every and n % fail_every == 0:
+                    raise ValueError("task failed")
+        except ValueError:
+            failed += 1
+        tasks.append((a, time.time()))
+        time.sleep(idle)
+    hb.close()
+    record = {"begun": begun, "ended": time.time(), "tasks": tasks, "failed": failed}
+    with open(out, "w") as f:
+        json.dump(record, f)
+
+
+def busy_then_hang(db: str, worker_id: str, started) -> None:
+    """Beat idle, enter a task and hang in it without beating (the test SIGKILLs it)."""
+    hb = Heartbeat(db, worker_id, "gpu")
+    hb.beat(None)
+    time.sleep(0.2)
+    with hb.busy("STUCK"):
+        started.put(time.time())
+        time.sleep(3600)

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("heartbeat_write", "coalesced_beat", "tails", "scheduler_cycle", "startup", "post_run")
+SECTIONS = (
+    "heartbeat_write",
+    "coalesced_beat",
+    "tails",
+    "scheduler_cycle",
+    "startup",
+    "post_run",
+    "record",
+)
 
 
 @pytest.mark.slow
@@ -47,6 +55,10 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert results["scheduler_cycle"]["large"]["cycles"] > 0
     assert results["post_run"]["report_error"] is None
     assert results["post_run"]["status_error"] is None
-    assert len(results["targets"]) == 16
+    for variant in ("sqlmon", "sqlite3_raw", "sqlmon_plain_beat"):
+        assert results["record"]["transition"][variant]["samples"] > 0
+    assert results["record"]["day"]["report_error"] is None
+    assert results["record"]["cycle"]["cycles"] > 0
+    assert len(results["targets"]) == 19
     assert "targets:" in proc.stdout
     assert not list(tmp_path.glob("sqlmon-bench-*")), "the script leaves no databases behind"

@@ -279,11 +279,25 @@ def test_prune_deletes_old_runs_in_batches_never_the_current(tmp_path: Path):
     current.close("terminate", now=past + 2)
     conn = sqlite3.connect(db)
     conn.execute("UPDATE runs SET ended_at = NULL WHERE run_id = 3")
+    # Stretches before the oldest run left (run 3, begun at `past`) go, except one that
+    # overlaps it and a death's stretch worker_status still names as its open one.
+    conn.executemany(
+        "INSERT INTO worker_stretches (worker_id, pid, category, started, ended, outcome) "
+        "VALUES (?, 1, ?, ?, ?, 'ok')",
+        [("old", "OCR", past - 9, past - 8), ("old", None, past - 8, past - 1)]
+        + [("old", "OCR", past - 1, past + 1), ("gone", "OCR", past - 5, past - 4)],
+    )
+    conn.execute(
+        "INSERT INTO worker_status (worker_id, pid, host, pool, category, category_since, "
+        "last_heartbeat, started_at) VALUES ('gone', 1, 'h', 'cpu', 'OCR', ?, ?, ?)",
+        (past - 5, past - 5, past - 6),
+    )
     conn.commit()
     counts = {
         t: conn.execute(f"SELECT count(*) FROM {t} WHERE run_id IN (1, 2)").fetchone()[0]
-        for t in ("snapshots", "worker_events")
+        for t in ("snapshots", "worker_events", "stretch_totals")
     }
+    assert counts["stretch_totals"] > 0
     counts["snapshot_counts"] = conn.execute(
         "SELECT count(*) FROM snapshot_counts WHERE snapshot_id IN "
         "(SELECT id FROM snapshots WHERE run_id IN (1, 2))"
@@ -295,11 +309,16 @@ def test_prune_deletes_old_runs_in_batches_never_the_current(tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert result.output == (
         f"pruned 2 run(s) (1, 2) older than 7d: {counts['snapshots']} snapshots, "
-        f"{counts['snapshot_counts']} snapshot counts, {counts['worker_events']} worker events "
-        f"and 2 run rows; {2 + sum(counts.values())} rows in all\n"
+        f"{counts['snapshot_counts']} snapshot counts, {counts['worker_events']} worker events, "
+        f"{counts['stretch_totals']} stretch totals, 2 run rows and 2 worker stretches from "
+        f"before the oldest run left; {4 + sum(counts.values())} rows in all\n"
     )
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT run_id FROM runs").fetchall() == [(3,)]
+    assert conn.execute("SELECT DISTINCT run_id FROM stretch_totals").fetchall() in ([], [(3,)])
+    assert conn.execute(
+        "SELECT started - ? FROM worker_stretches WHERE started < ? ORDER BY started", (past, past)
+    ).fetchall() == [(-5.0,), (-1.0,)]
     assert conn.execute("SELECT count(*) FROM snapshots WHERE run_id = 3").fetchone() == (1,)
     conn.close()
     again = invoke("prune", db, "--older-than", "7d")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sqlmon import Heartbeat, Scheduler, init_db, queries
+from sqlmon import Heartbeat, Scheduler, heartbeat, init_db, queries
 from sqlmon import db as dbmod
 from tests.conftest import execute
 
@@ -60,8 +60,29 @@ def build_history(path: str) -> History:
     hbs = {
         w: Heartbeat(path, w, w[:3], min_interval=0.0) for w in ("gpu-1", "gpu-2", "cpu-1", WEIRD)
     }
+    # The workers' stretch clock follows the scheduler's: stretch k begins at exactly t0 + k.
+    clock = [mono]
+    saved, heartbeat._monotonic = heartbeat._monotonic, lambda: clock[0]
+    for hb in hbs.values():
+        hb._wall0, hb._mono0 = t0, mono
+    try:
+        _steps(path, sched, hbs, t0, mono, clock)
+    finally:
+        heartbeat._monotonic = saved
+    sched.close("terminate", now=t0 + 20.5)
+    second = Scheduler(path, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
+    second.open(now=t0 + 30)
+    second.step(now=t0 + 31, mono=mono + 31)
+    second.step(now=t0 + 32, mono=mono + 32)
+    second.close("terminate", now=t0 + 32.5)
+    execute(path, "UPDATE runs SET ended_at = NULL, end_reason = NULL WHERE run_id = 2")
+    return History(path, t0)
+
+
+def _steps(path: str, sched: Scheduler, hbs: dict, t0: float, mono: float, clock: list) -> None:
     category: dict[str, str | None] = dict.fromkeys(hbs)
     for k in range(1, 21):
+        clock[0] = mono + k
         if k == 2:
             category["gpu-1"] = "OCR"
             execute(path, "UPDATE tasks SET status = 'running' WHERE id = 1")
@@ -91,14 +112,6 @@ def build_history(path: str) -> History:
                 if worker != "gpu-2" or k <= 3 or k >= 16:  # gpu-2 hangs from 4 to 15
                     hb.beat(category[worker])
         sched.step(now=t0 + k, mono=mono + k)
-    sched.close("terminate", now=t0 + 20.5)
-    second = Scheduler(path, interval=1.0, stale_after=10.0, warn_after=10.0, hud_every=1e9)
-    second.open(now=t0 + 30)
-    second.step(now=t0 + 31, mono=mono + 31)
-    second.step(now=t0 + 32, mono=mono + 32)
-    second.close("terminate", now=t0 + 32.5)
-    execute(path, "UPDATE runs SET ended_at = NULL, end_reason = NULL WHERE run_id = 2")
-    return History(path, t0)
 
 
 _BUILT: list[History] = []
@@ -133,7 +146,7 @@ def test_runs_ended_and_vanished(history: History):
 def test_status_after_the_run(history: History):
     with queries.connect(history.path) as conn, dbmod.read(conn):
         st = queries.status(conn, history.t0 + 40)
-    assert st.scheduler is not None and not st.scheduler.alive(history.t0 + 40)
+    assert st.scheduler is not None and not st.verdict.alive
     states = {w.worker_id: w.state for w in st.workers}
     assert states == {
         "cpu-1": "exited",

@@ -226,8 +226,8 @@ def test_report_text():
         "terminate",
         T0 + 80,
         3.0,
-        [WorkerReport("gpu-1", 50, 100, 1, 7.5)],
-        [CategoryReport("OCR", 50, 40, 0.5)],
+        [WorkerReport("gpu-1", 50, 100, 1, 7.5, 45.5, 4.5, 0, 40, 2, 0)],
+        [CategoryReport("OCR", 50, 40, 0.5, 2, 80, 41, 1)],
         [BacklogPeak("gpu", "OCR", 12, T0 + 3)],
         [StaleEpisode("gpu-1", T0 + 20, 4.5, "recovered")],
         [DeadWorker("cpu-2", T0 + 50, "pid 9 is gone")],
@@ -239,14 +239,20 @@ def test_report_text():
             "length 1 m 40 s; drained in 1 m 20 s (idle from 2027-01-15 08:01:20.0)",
             "",
             "workers; gaps under stale_after (3.0 s) show as -:",
-            "worker    busy    seen      utilisation      stale episodes  longest beat gap",
-            "--------  ------  --------  -------------  ----------------  ------------------",
-            "gpu-1     50.0 s  1 m 40 s  50%                           1  7.5 s",
+            "worker    busy    idle    stale    dead    seen      utilisation      done    failed"
+            "    died    stale episodes  longest beat gap",
+            "--------  ------  ------  -------  ------  --------  -------------  ------  --------"
+            "  ------  ----------------  ------------------",
+            "gpu-1     50.0 s  45.5 s  4.5 s    0 ms    1 m 40 s  50%                40         2"
+            "       0                 1  7.5 s",
             "",
-            "categories (tasks per second until the drain):",
-            "category    busy worker-s      tasks done  tasks/s",
-            "----------  ---------------  ------------  ---------",
-            "OCR         50.0                       40  0.50",
+            "categories (tasks/s over each category's own active time; the task table beside):",
+            "category    busy worker-s      done    failed  active    tasks/s      table done"
+            "    table failed",
+            "----------  ---------------  ------  --------  --------  ---------  ------------"
+            "  --------------",
+            "OCR         50.0                 40         2  1 m 20 s  0.50                 41"
+            "               1",
             "",
             "backlog peaks:",
             "pool    category      peak pending  at",
@@ -278,3 +284,20 @@ def test_report_text():
         }
     ]
     assert data["time_to_drain_seconds"] == 80.0
+    assert data["workers"][0]["busy_seconds"] == 50.0 and data["workers"][0]["utilisation"] == 0.5
+    assert (data["workers"][0]["stale_seconds"], data["workers"][0]["failed"]) == (4.5, 2)
+    assert data["categories"][0] == {
+        "category": "OCR",
+        "busy_worker_seconds": 50.0,
+        "tasks_done": 40,
+        "tasks_per_second": 0.5,
+        "failed": 2,
+        "active_seconds": 80.0,
+        "task_table_done": 41,
+        "task_table_failed": 1,
+    }
+    assert render.report_text(rep, "csv").splitlines() == [
+        "worker_id,busy_seconds,idle_seconds,stale_seconds,dead_seconds,seen_seconds,"
+        "utilisation,tasks_done,failed,died_in_task,stale_episodes,longest_gap_seconds",
+        "gpu-1,50.0,45.5,4.5,0.0,100.0,0.5,40,2,0,1,7.5",
+    ]

@@ -35,15 +35,30 @@ def test_report_of_the_ended_run(history: History):
     assert (gpu1.busy_seconds, gpu1.seen_seconds) == (pytest.approx(3.0), pytest.approx(18.0))
     assert gpu1.utilisation == pytest.approx(3 / 18)
     assert (gpu1.stale_episodes, gpu1.longest_gap) == (0, None)
+    assert (gpu1.idle_seconds, gpu1.tasks_done, gpu1.failed) == (pytest.approx(15.0), 1, 0)
     assert workers["cpu-1"].busy_seconds == pytest.approx(2.0)
-    assert (workers["gpu-2"].stale_episodes, workers["gpu-2"].longest_gap) == (
+    gpu2 = workers["gpu-2"]
+    assert (gpu2.stale_episodes, gpu2.longest_gap) == (
         1,
         pytest.approx(13.0),  # 3 s stale on top of stale_after (10 s)
     )
+    # Its 3 stale seconds are taken out of the idle stretch they fell in.
+    assert (gpu2.idle_seconds, gpu2.stale_seconds, gpu2.seen_seconds) == (
+        pytest.approx(15.0),
+        pytest.approx(3.0),
+        pytest.approx(18.0),
+    )
+    # cpu-2 died in SUMMARY: its stretch counts up to the death found at t0 + 1, in the run.
+    cpu2 = workers["cpu-2"]
+    assert (cpu2.busy_seconds, cpu2.died_in_task, cpu2.tasks_done) == (pytest.approx(1.0), 1, 0)
+    assert cpu2.dead_seconds == pytest.approx(19.5)
     categories = {c.category: c for c in r.categories}
-    assert categories["OCR"].busy_seconds == pytest.approx(3.0)
-    assert (categories["OCR"].tasks_done, categories["SUMMARY"].tasks_done) == (3, 1)
-    assert categories["OCR"].per_second == pytest.approx(3 / 9)
+    ocr, summary = categories["OCR"], categories["SUMMARY"]
+    assert ocr.busy_seconds == pytest.approx(3.0)
+    # Stretches count what workers did (one OCR stretch); the task table what it says.
+    assert (ocr.tasks_done, ocr.task_table_done, ocr.failed) == (1, 3, 0)
+    assert (summary.tasks_done, summary.task_table_done) == (1, 1)
+    assert (ocr.active_seconds, ocr.per_second) == (pytest.approx(3.0), pytest.approx(1 / 3))
     assert r.peaks == [
         BacklogPeak("cpu", "SUMMARY", 1, pytest.approx(t0 + 1)),
         BacklogPeak("gpu", "OCR", 3, pytest.approx(t0 + 1)),

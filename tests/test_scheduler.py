@@ -444,13 +444,24 @@ def test_dead_and_stale_workers_with_real_processes(db: str) -> None:
 
 def test_hud_is_logged_through_the_sqlmon_logger(db: str, caplog) -> None:
     add_tasks(db, ("OCR", "gpu", "pending"))
-    s = Scheduler(db, hud_every=0)
+    s = Scheduler(db)
     s.open()
     with caplog.at_level("INFO", logger="sqlmon"):
         s.step()
     s.close()
-    assert "0 GPU workers busy: {}" in caplog.text
+    assert "cycle 1 | backlog: GPU 1 pending / 0 running | workers: 0 active, 0 idle" in caplog.text
+    assert "0 GPU workers busy" not in caplog.text  # nobody busy: no line to say so
     assert "1 task pending in OCR" in caplog.text
+
+
+def test_hud_every_0_turns_the_hud_off(db: str, caplog) -> None:
+    s = Scheduler(db, hud_every=0)
+    s.open()
+    with caplog.at_level("INFO", logger="sqlmon"):
+        for i in range(3):
+            s.step(now=1000.0 + i, mono=500.0 + i)
+    s.close()
+    assert not [r for r in caplog.records if r.name == "sqlmon.hud"]
 
 
 def test_demo_pipeline_helpers_claim_atomically(db: str) -> None:

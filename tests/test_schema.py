@@ -144,29 +144,52 @@ def test_views_give_intervals_and_backlog(db: str) -> None:
         "INSERT INTO runs (run_id, started_at, ended_at, pid, host, config) "
         "VALUES (1, 99.0, 200.0, 1, 'h', '{}'), (2, 300.0, NULL, 1, 'h', '{}')",
     )
+    # Run 2 has not ended: it runs to its last snapshot.
     execute(
         db,
-        "INSERT INTO worker_events (run_id, ts, worker_id, event, category) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO snapshots (run_id, ts, cycle, workers_busy, workers_idle, workers_stale, "
+        "workers_dead, backlog_pending, backlog_running, idle, cycle_seconds) "
+        "VALUES (2, 310.0, 1, 0, 0, 0, 0, 0, 0, 0, 0.001)",
+    )
+    execute(
+        db,
+        "INSERT INTO worker_stretches (worker_id, pid, category, started, ended, outcome, error) "
+        "VALUES (?, 1, ?, ?, ?, ?, ?)",
         [
-            (1, 100.0, "w", "joined", None),
-            (1, 101.0, "w", "busy", "OCR"),
-            (1, 101.5, "w", "stale", "OCR"),
-            (1, 104.0, "w", "idle", None),
-            (1, 105.0, "w", "exited", None),
-            (1, 110.0, "v", "joined", "OCR"),  # still busy when run 1 ended
-            (2, 301.0, "v", "joined", None),  # still idle: run 2 has not ended
+            ("w", None, 100.0, 101.0, "ok", None),
+            ("w", "OCR", 101.0, 104.0, "failed", "ValueError"),
+            ("w", None, 104.0, 105.0, "ok", None),
+            ("v", "OCR", 110.0, 250.0, "ok", None),  # still busy when run 1 ended
+            ("v", None, 250.0, 301.0, "ok", None),
+            ("x", "OCR", 305.0, 306.0, "dead", None),  # closed at its death by the scheduler
+        ],
+    )
+    execute(
+        db,
+        "INSERT INTO worker_status (worker_id, pid, host, pool, category, category_since, "
+        "last_heartbeat, started_at, exited_at) VALUES (?, 1, 'h', 'p', ?, ?, ?, 0.0, ?)",
+        [
+            ("w", None, 105.0, 105.0, 105.0),  # exited: nothing open
+            ("v", "OCR", 301.0, 309.0, None),  # open since 301
+            ("x", "OCR", 305.0, 305.5, None),  # its open stretch is the closed one above
         ],
     )
     assert sql(
         db,
-        "SELECT run_id, worker_id, category, state, started, ended, seconds "
-        "FROM worker_intervals ORDER BY started",
+        "SELECT run_id, worker_id, category, state, started, ended, seconds, outcome, error "
+        "FROM worker_intervals ORDER BY run_id, started",
     ) == [
-        (1, "w", None, "idle", 100.0, 101.0, 1.0),
-        (1, "w", "OCR", "busy", 101.0, 104.0, 3.0),
-        (1, "w", None, "idle", 104.0, 105.0, 1.0),
-        (1, "v", "OCR", "busy", 110.0, 200.0, 90.0),
-        (2, "v", None, "idle", 301.0, None, None),
+        (1, "w", None, "idle", 100.0, 101.0, 1.0, "ok", None),
+        (1, "w", "OCR", "busy", 101.0, 104.0, 3.0, "failed", "ValueError"),
+        (1, "w", None, "idle", 104.0, 105.0, 1.0, "ok", None),
+        (1, "v", "OCR", "busy", 110.0, 200.0, 90.0, "ok", None),
+        (2, "v", None, "idle", 300.0, 301.0, 1.0, "ok", None),
+        (2, "v", "OCR", "busy", 301.0, 310.0, 9.0, "open", None),
+        (2, "x", "OCR", "busy", 305.0, 306.0, 1.0, "dead", None),
+    ]
+    assert sql(db, "SELECT run_id, started_at, ended_at FROM run_windows") == [
+        (1, 99.0, 200.0),
+        (2, 300.0, 310.0),
     ]
     execute(
         db,

@@ -27,6 +27,7 @@ class Sizes:
     history_workers: int
     history_categories: int
     cli_runs: int
+    record_hours: float = 24.0  # length of the generated run of stretches (section 7)
 
 
 FULL = Sizes(
@@ -97,4 +98,5 @@ TINY = Sizes(
     history_workers=4,
     history_categories=3,
     cli_runs=1,
+    record_hours=0.01,
 )

@@ -157,6 +157,42 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 5,
         f"{x:.2f} MB/h" if x is not None else "",
     )
+    rec = r.get("record", {})
+    moving = _get(rec, "transition", "sqlmon", "median_us")
+    raw = _get(rec, "transition", "sqlite3_raw", "median_us")
+    plain = _get(rec, "transition", "sqlmon_plain_beat", "median_us")
+    x = ratio(moving, raw)
+    target(
+        "transition write (status + stretch) <= 1.15x raw sqlite3",
+        x,
+        x is not None and x <= 1.15,
+        f"{x:.2f}x ({moving:.1f} vs {raw:.1f} us; {ratio(moving, plain) or 0:.2f}x the plain "
+        f"beat's {plain or 0:.1f} us)"
+        if x
+        else "",
+    )
+    day = rec.get("day", {})
+    x = day.get("report_s")
+    target(
+        f"sqlmon report <= 2 s on stretches ({day.get('hours')} h, {day.get('stretches') or 0:,} "
+        "stretches)",
+        x,
+        x is not None and x <= 2,
+        f"{x:.2f} s; record {day.get('bytes_per_million_tasks', 0) / 2**20:.0f} MiB per "
+        "million tasks"
+        if x is not None
+        else "",
+    )
+    x = _get(rec, "cycle", "median_ms")
+    target(
+        f"cycle median <= 5 ms at {_get(rec, 'cycle', 'workers')} workers with stretches arriving",
+        x,
+        x is not None and x <= 5,
+        f"{x:.2f} ms (p95 {_get(rec, 'cycle', 'p95_ms') or 0:.2f} ms, "
+        f"{_get(rec, 'cycle', 'stretches_per_cycle')} stretches a cycle)"
+        if x is not None
+        else "",
+    )
     return out
 
 
