@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -170,7 +171,9 @@ class Heartbeat:
             if now - self._last_write >= self.min_interval:
                 self._write(now)
             return
-        at = self._clock(now)
+        # Each stretch starts strictly after the last: two starts at one instant would be one
+        # key of the record (a float near 1.8e9 resolves about 240 ns).
+        at = max(self._clock(now), math.nextafter(self._since, math.inf))
         self._close_stretch(at, outcome, error)
         # A str needs no conversion: a call saved on the path of every change.
         self._category_text = category if type(category) is str else _text(category)

@@ -46,7 +46,8 @@ def read_workers(conn: Connection) -> list[WorkerRow]:
 
 def new_stretches(conn: Connection, after: int) -> list[stretches.Stretch]:
     """The stretches recorded since id `after`, oldest first, at most FOLD_BATCH of them."""
-    return list(map(stretches.Stretch._make, _NEW_STRETCHES.rows(conn, (after,))))
+    # Plain tuples in Stretch's order: a cycle may read thousands, and fold unpacks them.
+    return _NEW_STRETCHES.rows(conn, (after,))  # type: ignore[return-value]
 
 
 def windows(conn: Connection, limit: int = 20) -> list[stretches.Window]:

@@ -311,7 +311,7 @@ class Scheduler(multiprocessing.Process):
         # The stretches recorded since the last fold, added to the runs' totals with the cycle.
         folded = None
         if obs.stretches:
-            folded = (obs.stretches[-1].id, stretches.fold(obs.stretches, self._windows))
+            folded = (obs.stretches[-1][0], stretches.fold(obs.stretches, self._windows))
         seconds = time.perf_counter() - started
         # The judge reports each transition once: those of a cycle whose write fails wait for
         # the next write, or they would be lost (a restart never said to be a new incarnation).

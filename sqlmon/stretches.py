@@ -10,7 +10,7 @@ ended.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .states import State
 
@@ -58,26 +58,41 @@ def ends_in(ended: float, window: Window) -> bool:
 def fold(
     stretches: Iterable[Stretch], windows: list[Window], into: dict[TotalKey, Total] | None = None
 ) -> dict[TotalKey, Total]:
-    """Add each stretch's share of each window to the totals `into` (a new dict by default)."""
-    out: dict[TotalKey, Total] = {} if into is None else into
-    for s in stretches:
-        state = State.IDLE if s.category is None else State.BUSY
-        category = IDLE_KEY if s.category is None else s.category
-        for w in windows:
-            part = clip(s.started, s.ended, w)
-            if part is None:
-                continue
-            a, b = part
-            key = (w.run_id, s.worker_id, category, str(state), s.outcome)
-            n = int(ends_in(s.ended, w))
-            old = out.get(key)
-            if old is None:
-                out[key] = Total(n, b - a, a, b)
+    """Add each stretch's share of each window to the totals `into` (a new dict by default).
+
+    Runs once a cycle over every stretch recorded since the last: windows are walked from the
+    latest back only as far as the stretch reaches, and sums are kept in lists until the end,
+    so that the common case (a stretch wholly inside the current run) costs a few comparisons
+    and one dict update.
+    """
+    sums: dict[TotalKey, list[Any]] = {k: list(t) for k, t in (into or {}).items()}
+    latest_first = sorted(((w.start, w.end, w.run_id) for w in windows), reverse=True)
+    busy, idle = str(State.BUSY), str(State.IDLE)
+    for _id, worker, category, started, ended, outcome in stretches:
+        state, key_category = (idle, IDLE_KEY) if category is None else (busy, category)
+        for start, end, run_id in latest_first:
+            if end < started:
+                break  # this window and all before it ended before the stretch began
+            if start <= started and ended <= end:
+                a, b = started, ended  # wholly inside: the common case, no clipping
             else:
-                out[key] = Total(
-                    old.n + n,
-                    old.seconds + (b - a),
-                    min(old.first_started, a),
-                    max(old.last_ended, b),
-                )
+                part = clip(started, ended, Window(run_id, start, end))
+                if part is None:
+                    continue
+                a, b = part
+            n = 1 if start < ended <= end else 0
+            key = (run_id, worker, key_category, state, outcome)
+            acc = sums.get(key)
+            if acc is None:
+                sums[key] = [n, b - a, a, b]
+            else:
+                acc[0] += n
+                acc[1] += b - a
+                if a < acc[2]:
+                    acc[2] = a
+                if b > acc[3]:
+                    acc[3] = b
+    out: dict[TotalKey, Total] = {} if into is None else into
+    for key, (n, seconds, first, last) in sums.items():
+        out[key] = Total(n, seconds, first, last)
     return out
