@@ -28,7 +28,6 @@ runner = CliRunner()
 INSPECTIONS = [
     ["status"],
     ["status", "--format", "json"],
-    ["status", "-f", "csv"],
     ["watch", "--count", "2", "--interval", "0.1"],
     ["runs"],
     ["runs", "-f", "json"],
@@ -77,18 +76,26 @@ def test_every_command_has_help_and_is_in_the_readme():
         "run",
         "demo",
     } <= set(names)
-    top = invoke("--help")
+    top = runner.invoke(app, ["--help"], prog_name="sqlmon")
     assert top.exit_code == 0
     for name in names:
-        result = invoke(name, "--help")
+        result = runner.invoke(app, [name, "--help"], prog_name="sqlmon")
         assert result.exit_code == 0, name
-        assert name in top.output
+        assert re.search(rf"^  {name} +[A-Z`]", top.output, re.M), f"{name}: no summary"
         assert f"sqlmon {name}" in readme, f"README shows no `sqlmon {name}`"
+        # Plain click help: metavars people know, no pydantic-style types, no rich boxes.
+        usage = result.output.splitlines()[0]
+        assert usage.startswith(f"Usage: sqlmon {name} [OPTIONS]"), usage
+        assert not re.search(r"<\w+( range)?>|\{db\}|[╭│]", result.output), result.output
+        assert name == "demo" or usage.endswith(" DB"), usage
+        # The docstring is rewrapped as paragraphs, never cut at its source line breaks.
+        text = result.output.split("\n\n")[1]
+        assert all(len(line) > 40 for line in text.splitlines()[:-1]), text
 
 
 def test_status_runs_history_events(history: History):
     out = invoke("status", history.path).output
-    assert "scheduler: run 2, cycle 2" in out and "NOT RESPONDING" in out
+    assert "scheduler: run 2, cycle 2" in out and "NOT ALIVE" in out
     assert re.search(r"cpu-2 +cpu +\d+ +SUMMARY +.+ +dead", out)
     assert "cpu-\\x1b[31mX" in out and "\x1b" not in out  # shown, never obeyed
     runs = json.loads(invoke("runs", history.path, "-f", "json").output)
@@ -97,8 +104,10 @@ def test_status_runs_history_events(history: History):
         "ended",
         "terminate",
     ]
-    csv_lines = invoke("history", history.path, "--run", "1", "--limit", "3", "-f", "csv").output
-    assert [line.split(",")[1] for line in csv_lines.splitlines()] == ["cycle", "18", "19", "20"]
+    cut = invoke("history", history.path, "--run", "1", "--limit", "3", "-f", "csv")
+    assert [line.split(",")[1] for line in cut.stdout.splitlines()] == ["cycle", "18", "19", "20"]
+    assert cut.stderr == "3 of 20 shown; --limit 0 for all\n"  # never a silent cut
+    assert invoke("history", history.path, "--run", "1", "--limit", "20").stderr == ""
     stale = json.loads(
         invoke("events", history.path, "--worker", "gpu-2", "--event", "stale", "-f", "json").output
     )
@@ -392,12 +401,16 @@ def test_real_subprocess(history: History, tmp_path: Path):
 
 
 def test_a_database_no_scheduler_has_run_on(db: str):
-    status = invoke("status", db)
-    assert status.exit_code == 0
-    assert status.output.startswith("scheduler: none has run on this database yet\n")
-    assert (invoke("runs", db).output, invoke("events", db).output) == ("(none)\n", "(none)\n")
+    # Every command about runs answers the same way, and that is no error.
+    no_runs = "no runs yet (a scheduler starts one: `sqlmon run DB`)\n"
+    for command in ("status", "runs", "history", "timeline", "report"):
+        result = invoke(command, db)
+        assert (result.exit_code, result.output) == (0, no_runs), command
+    assert invoke("runs", db, "-f", "json").output == "[]\n"
+    assert invoke("events", db).output == "(none)\n"
+    asked = invoke("report", db, "--run", "3")
+    assert (asked.exit_code, asked.stderr) == (2, "sqlmon: no run 3: no runs yet\n")
     check = invoke("check", db)
     assert (check.exit_code, check.output) == (1, "no scheduler has run on this database\n")
     report = invoke("report", db)
-    assert report.exit_code == 2
-    assert report.stderr == "sqlmon: no runs yet (a scheduler starts one: `sqlmon run DB`)\n"
+    assert report.exit_code == 0

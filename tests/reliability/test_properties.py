@@ -1,4 +1,4 @@
-"""Scenario 17 of the reliability suite: injection and terminal safety, as properties.
+"""Injection and terminal safety, as properties.
 
 Hypothesis makes adversarial worker ids, categories and CLI filters (quotes, `%`, `_`, NUL,
 newlines, ANSI and OSC escape sequences, bidirectional overrides, long unicode). They go in
@@ -76,10 +76,17 @@ class Pipeline:
         self.added.append((worker_id, categories))
 
     def events(self) -> list[tuple[str, str, str | None]]:
-        """The oracle's input: every event, read with plain sqlite3."""
+        """The oracle's input: every event, read with plain sqlite3: the scheduler's, and the
+        start of each stretch the workers recorded."""
         conn = sqlite3.connect(self.db)
         try:
-            return conn.execute("SELECT worker_id, event, category FROM worker_events").fetchall()
+            return conn.execute(
+                "SELECT worker_id, event, category FROM worker_events UNION ALL "
+                "SELECT worker_id, CASE WHEN category IS NULL THEN 'idle' ELSE 'busy' END, "
+                "category FROM worker_stretches UNION ALL "
+                "SELECT worker_id, 'failed', category FROM worker_stretches "
+                "WHERE outcome = 'failed'"
+            ).fetchall()
         finally:
             conn.close()
 
