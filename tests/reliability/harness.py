@@ -6,6 +6,7 @@ the beats, the kills, all on the shared monotonic clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -341,6 +342,33 @@ class Flag:
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._v.value:
+            left = 0.005 if deadline is None else min(0.005, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            time.sleep(left)
+        return True
+
+
+class FileFlag:
+    """A Flag that any start method can carry (a path, not shared memory), for processes
+    started from a forkserver: set when the file exists."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def set(self) -> None:
+        open(self.path, "a").close()
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def is_set(self) -> bool:
+        return os.path.exists(self.path)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
             left = 0.005 if deadline is None else min(0.005, deadline - time.monotonic())
             if left <= 0:
                 return False

@@ -25,6 +25,7 @@ from . import targets
 from .harness import (
     Activity,
     Clock,
+    FileFlag,
     Flag,
     Outcome,
     Truth,
@@ -75,8 +76,10 @@ class Rig:
         kwargs.setdefault("start_method", "fork")
         return Scheduler(self.db, backlog=self.backlog, **kwargs)
 
-    def worker(self, worker_id: str, stop: Any, pool: str = "gpu", **opts: Any) -> Any:
-        p = FORK.Process(
+    def worker(
+        self, worker_id: str, stop: Any, pool: str = "gpu", ctx: Any = None, **opts: Any
+    ) -> Any:
+        p = (ctx or FORK).Process(
             target=targets.pipeline_worker,
             args=(self.db, self.tasks_db, worker_id, pool, str(self.truth.dir), stop, opts),
             name=worker_id,
@@ -117,6 +120,10 @@ def judging_cycles(
             yield n, c
         elif idle:
             n = 0
+
+
+def _pending(tasks_db: str) -> int:
+    return sql(tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0]
 
 
 def _beat_figures(out: Outcome, rig: Rig) -> tuple[int, int]:
@@ -160,10 +167,7 @@ def kill_storm(
     for k in range(kills):
         if deadline is not None and time.monotonic() > deadline:
             break
-        if (
-            sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0]
-            < 4 * workers
-        ):
+        if _pending(rig.tasks_db) < 4 * workers:
             enqueue(rig.tasks_db, rig.driver, 10 * workers, depth=3)
         s = rig.scheduler(interval=interval, stale_after=10.0)
         s.start()
@@ -206,11 +210,15 @@ def kill_storm(
     out.expect(idle, "no idle verdict after the pipeline drained")
     final.close("terminate")
     stopped = stop_all(procs, stop)
+    # Each killed run was ended as vanished by the scheduler that took the lease after it.
     unended = sql(
-        rig.db, "SELECT count(*) FROM runs WHERE ended_at IS NULL AND run_id != ?", (run_id,)
+        rig.db,
+        "SELECT count(*) FROM runs WHERE end_reason LIKE 'vanished%' AND run_id != ?",
+        (run_id,),
     )
     out.expect(
-        unended[0][0] == len(killed_runs), f"{unended[0][0]} open runs, {len(killed_runs)} killed"
+        unended[0][0] == len(killed_runs),
+        f"{unended[0][0]} runs ended as vanished, {len(killed_runs)} killed",
     )
     rig.finish(out, procs)
     out.problems += stopped
@@ -257,7 +265,10 @@ def worker_kills(
     rng = random.Random(seed)
     rig = Rig.make(tmp)
     out = Outcome("2 worker kills mid-claim and mid-beat")
-    stop = Flag()
+    # Restarted workers come from a forkserver: this process holds the scheduler's connection
+    # by then, and a child forked from it could not use the database safely (sqlmon refuses).
+    stop = FileFlag(tmp / "stop")
+    restart = multiprocessing.get_context("forkserver")
     enqueue(rig.tasks_db, rig.driver, 400 * workers)
     opts = {"beat_every": 0.005, "work": 0.004}
     procs = {f"w{i}": rig.worker(f"w{i}", stop, **opts) for i in range(workers)}
@@ -302,7 +313,7 @@ def worker_kills(
         _settle_truth(rig, wid)
         old = p.pid
         if k % 2 == 0:  # restarted before the scheduler saw the death: replaced
-            procs[wid] = p = rig.worker(wid, stop, **opts)
+            procs[wid] = p = rig.worker(wid, stop, ctx=restart, **opts)
             every.append(p)
         if seen and seen[0][0] == old:
             judged = 0
@@ -327,7 +338,7 @@ def worker_kills(
         else:
             unseen += 1  # killed before its first beat: the row still named the older process
         if k % 2 == 1:  # restarted after the scheduler reported the death
-            procs[wid] = p = rig.worker(wid, stop, **opts)
+            procs[wid] = p = rig.worker(wid, stop, ctx=restart, **opts)
             every.append(p)
         restarts.append((wid, old, p.pid))
         wait_for(
@@ -358,7 +369,7 @@ def worker_kills(
 
     # Drain: the orphaned tasks alone keep the system not idle.
     wait_for(
-        lambda: sql(rig.tasks_db, "SELECT count(*) FROM tasks WHERE status = 'pending'")[0][0] == 0,
+        lambda: _pending(rig.tasks_db) == 0,
         GUARD,
     )
     wait_for(
@@ -453,8 +464,9 @@ def lock_holders(
     out = Outcome("3 write lock held: scheduler paused, sqlite3 shell")
     stop, term = Flag(), Flag()
     # Enough work for every window (~200 tasks/s): a drained queue would read as a throughput
-    # collapse and allow a true idle verdict.
-    enqueue(rig.tasks_db, rig.driver, int(400 * (3 * max(pause, hold) + pause + hold + 10)))
+    # collapse and allow a true idle verdict. `ahead` is what the windows after the catch need.
+    ahead = int(400 * (2 * max(pause, hold) + pause + hold + 10))
+    enqueue(rig.tasks_db, rig.driver, ahead + int(400 * max(pause, hold)))
     procs = [
         rig.worker(f"w{i}", stop, beat_every=0.02, work=0.02, min_interval=0.5)
         for i in range(workers)
@@ -464,7 +476,9 @@ def lock_holders(
     wait_for(lambda: len(snapshots(rig.db)) >= 10, GUARD)
     time.sleep(max(pause, hold))  # the baseline for throughput
 
-    # a. SIGSTOP the scheduler until it is caught inside its write transaction.
+    # a. SIGSTOP the scheduler until it is caught inside its write transaction. Its write holds
+    # the lock for a sliver of each cycle, so the catch takes anywhere from a second to minutes:
+    # the queue is topped up meanwhile, or it drains and both windows measure an idle pipeline.
     attempts = 0
     while True:
         attempts += 1
@@ -472,6 +486,8 @@ def lock_holders(
         if _lock_held(rig.db) or attempts >= 5000:
             break
         kill(s.pid, signal.SIGCONT)
+        if attempts % 40 == 0 and _pending(rig.tasks_db) < ahead:
+            enqueue(rig.tasks_db, rig.driver, ahead)
         time.sleep(rng.uniform(0, interval))
     caught = attempts < 5000
     out.expect(caught, "never caught the scheduler inside its write transaction")
