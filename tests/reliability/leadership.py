@@ -66,8 +66,8 @@ def takeovers(tmp: Path, rounds: int = 2) -> Outcome:
             else:
                 leader.kill()
                 kills += 1
-            deadline = time.monotonic() + 60
-            while _holder(db)[2] != standby.pid and time.monotonic() < deadline:
+            until = time.monotonic() + 60
+            while _holder(db)[2] != standby.pid and time.monotonic() < until:
                 seen.append(_holder(db))
                 false_idles += is_idle(db)
                 time.sleep(0.02)
