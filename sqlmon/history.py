@@ -7,6 +7,7 @@ instant leaves either the whole cycle or none of it.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from . import liveness, stretches
+from . import liveness, procs, stretches
 from .db import Prepared
 from .errors import LeaseLost
 from .monitor import Close, Cycle, Event, Judged, WorkerRow
@@ -79,16 +80,17 @@ class Me:
 
 
 def acquire(
-    conn: Connection, *, now: float, me: Me, settings: dict[str, Any], ttl: float
-) -> tuple[int, int, list[int]] | liveness.SchedulerRow:
+    conn: Connection, *, now: float | None, me: Me, settings: dict[str, Any], ttl: float
+) -> tuple[int, int, list[int], float] | liveness.SchedulerRow:
     """Inside a write transaction: take the lease when no live scheduler holds it, open a run
     and say not idle. Returns (run id, term, ids of earlier runs found unended, now ended as
-    vanished), or the row of the scheduler that holds the lease."""
+    vanished, the run's start), or the row of the scheduler that holds the lease. `now`
+    defaults to the clock, read after the row (a row renewed meanwhile must not look expired).
+    """
     row = liveness.read(conn)
-    if row is not None:
-        held = row.expires_at is None or row.expires_at > now
-        if held and liveness.judge(row, now, host=me.host).alive:
-            return row
+    now = time.time() if now is None else now
+    if row is not None and not _lease_free(row, now, me):
+        return row
     term = (row.term if row is not None else 0) + 1
     unended = list(
         conn.execute(sa.select(runs.c.run_id).where(runs.c.ended_at.is_(None))).scalars()
@@ -141,7 +143,19 @@ def acquire(
         ).rowcount
         if took != 1:
             raise LeaseLost("another scheduler took the lease at the same moment")
-    return int(run_id), term, unended
+    return int(run_id), term, unended, now
+
+
+def _lease_free(row: liveness.SchedulerRow, now: float, me: Me) -> bool:
+    """Whether the lease in `row` may be taken at `now`: its run ended (a clean stop hands it
+    over), it expired, or its holder's process is gone on this host."""
+    if row.ended_at is not None:
+        return True
+    if row.expires_at is None:  # a row written before leases: the liveness rule decides
+        return not liveness.judge(row, now, host=me.host).alive
+    if row.expires_at <= now:
+        return True
+    return row.host == me.host and not procs.is_alive(row.pid, row.pid_start)
 
 
 VANISHED = "vanished: its scheduler stopped without ending it"

@@ -210,11 +210,10 @@ class Scheduler(multiprocessing.Process):
         me = history.Me(os.getpid(), procs.start_time(os.getpid()), self._host)
         told = False
         while True:
-            at = time.time() if now is None else now
             # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
             dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
             with dbmod.write(self._conn):
-                got = history.acquire(self._conn, now=at, me=me, settings=s, ttl=self._ttl)
+                got = history.acquire(self._conn, now=now, me=me, settings=s, ttl=self._ttl)
             dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
             if not isinstance(got, liveness.SchedulerRow):
                 break
@@ -228,7 +227,7 @@ class Scheduler(multiprocessing.Process):
             if self._terminated() or getattr(self, "_signalled", None):
                 self.close("stopped while standing by")
                 return None
-        self.run_id, self.term, unended = got
+        self.run_id, self.term, unended, at = got
         self.started_at = at
         self.monitor = Monitor(
             interval=s["interval"],
