@@ -227,3 +227,24 @@ def test_dropped_beats_are_logged_at_most_once_a_minute(db: str, caplog) -> None
     assert [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()] == [
         "heartbeat of w dropped (1 so far): database is locked"
     ]
+
+
+def test_stretches_wait_for_a_write_bounded_and_the_loss_is_counted(
+    db: str, monkeypatch, caplog
+) -> None:
+    from sqlmon import config
+
+    monkeypatch.setattr(config, "UNWRITTEN_STRETCHES", 5)
+    hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
+    hb.beat(None)
+    with write_lock_held(db), caplog.at_level("WARNING", logger="sqlmon"):
+        for i in range(12):
+            hb.beat(f"T{i}")  # each change closes a stretch that cannot be written
+    assert hb.missed == 12 and hb.lost == 7  # 12 closed, the newest 5 kept
+    hb.beat(None)  # the lock is free: this change's stretch joins the kept ones, 5 at most
+    assert hb.lost == 8
+    assert sql(db, "SELECT missed, lost FROM worker_status") == [(12, 8)]
+    kept = [r[0] for r in sql(db, "SELECT category FROM worker_stretches ORDER BY started")]
+    assert kept == ["T7", "T8", "T9", "T10", "T11"]
+    losses = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert losses == ["heartbeat of w: 1 stretch(es) lost so far, more than 5 waited for a write"]
