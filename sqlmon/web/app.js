@@ -205,10 +205,15 @@ async function poll() {
     } else {
       setLive(doc);
     }
+  } catch (err) {
+    setStale("cannot reach sqlmon serve");
+    return;
+  }
+  try {
     await pollEvents();
     if (polls % HISTORY_EVERY === 1) await pollHistory();
   } catch (err) {
-    setStale("cannot reach sqlmon serve");
+    // The next poll tries again; the status above already says whether the data is live.
   }
 }
 
