@@ -150,8 +150,12 @@ class Worker:
     proc: Any
     stop: Any
     worker_id: str
+    killed: bool = False
 
     def end(self) -> None:
+        if self.proc.exitcode is not None or self.killed:
+            self.proc.join(30)
+            return
         self.stop.set()
         self.proc.join(30)
         if self.proc.is_alive():
@@ -159,6 +163,9 @@ class Worker:
             self.proc.join()
 
     def kill(self) -> None:
+        # Never set this worker's stop event afterwards: the killed process may have died
+        # waiting on it, and notifying a dead waiter blocks for ever.
+        self.killed = True
         os.kill(self.proc.pid, signal.SIGKILL)  # left a zombie: the scheduler reads it as gone
 
 
