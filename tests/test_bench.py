@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("heartbeat_write", "coalesced_beat", "tails", "scheduler_cycle", "startup", "post_run")
+SECTIONS = ("heartbeat_write", "coalesced_beat", "tails", "scheduler_cycle", "startup", "post_run", "live_view")
 
 
 @pytest.mark.slow
@@ -47,6 +47,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert results["scheduler_cycle"]["large"]["cycles"] > 0
     assert results["post_run"]["report_error"] is None
     assert results["post_run"]["status_error"] is None
-    assert len(results["targets"]) == 16
+    assert results["live_view"]["metrics"]["requests"] > 0
+    assert len(results["targets"]) == 18
     assert "targets:" in proc.stdout
     assert not list(tmp_path.glob("sqlmon-bench-*")), "the script leaves no databases behind"

@@ -27,6 +27,7 @@ class Sizes:
     history_workers: int
     history_categories: int
     cli_runs: int
+    live_requests: int = 500  # requests timed per live-view endpoint
 
 
 FULL = Sizes(
@@ -50,6 +51,7 @@ FULL = Sizes(
     history_workers=16,
     history_categories=10,
     cli_runs=5,
+    live_requests=1000,
 )
 
 QUICK = Sizes(
@@ -73,6 +75,7 @@ QUICK = Sizes(
     history_workers=16,
     history_categories=10,
     cli_runs=2,
+    live_requests=300,
 )
 
 # For the test: every section runs and writes its figures, in seconds rather than minutes.
@@ -97,4 +100,5 @@ TINY = Sizes(
     history_workers=4,
     history_categories=3,
     cli_runs=1,
+    live_requests=50,
 )
