@@ -554,9 +554,7 @@ def serve(
     _logging()
     try:
         check_database(db)
-        serve_forever(
-            db, host, port, allowed=allowed_host or (), per_worker=per_worker_metrics
-        )
+        serve_forever(db, host, port, allowed=allowed_host or (), per_worker=per_worker_metrics)
     except SqlmonError as exc:
         fail(str(exc))
     except OSError as exc:

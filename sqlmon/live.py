@@ -74,7 +74,9 @@ _TRANSITIONS = (
 # themselves: a few rows per worker and run, where worker_stretches holds one per task.
 _FAILED = (
     sa.select(worker_status.c.pool, sa.func.sum(stretch_totals.c.n))
-    .join_from(stretch_totals, worker_status, worker_status.c.worker_id == stretch_totals.c.worker_id)
+    .join_from(
+        stretch_totals, worker_status, worker_status.c.worker_id == stretch_totals.c.worker_id
+    )
     .where(stretch_totals.c.outcome == Outcome.FAILED.value)
     .group_by(worker_status.c.pool)
 )
@@ -243,11 +245,13 @@ def events_after(conn: Connection, after: int | None, limit: int) -> list[dict[s
         rows = list(reversed(conn.execute(q).all()))
     else:
         q = q.where(worker_events.c.id > after).order_by(worker_events.c.id).limit(limit)
-        rows = conn.execute(q).all()
+        rows = list(conn.execute(q).all())
     return [dict(r._mapping) for r in rows]
 
 
-def history_points(conn: Connection, run_id: int, points: int, since: float | None = None):
+def history_points(
+    conn: Connection, run_id: int, points: int, since: float | None = None
+) -> list[dict[str, object]]:
     """A run's snapshots cut into at most `points` equal time buckets, each with its last
     moment and its peaks (a peak never falls between two points)."""
     s = snapshots.c

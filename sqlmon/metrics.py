@@ -135,13 +135,13 @@ def families(
     out += [transitions, misses, failed]
 
     if per_worker:
-        state = _gauge("sqlmon_worker_state", ("worker", "pool", "state"))
+        each = _gauge("sqlmon_worker_state", ("worker", "pool", "state"))
         beat = _gauge("sqlmon_worker_heartbeat_age_seconds", ("worker", "pool"))
         for w in st.workers:
-            state.add_metric([w.worker_id, w.pool, str(w.state)], 1)
+            each.add_metric([w.worker_id, w.pool, str(w.state)], 1)
             if ages:
                 beat.add_metric([w.worker_id, w.pool], max(0.0, now - w.last_heartbeat))
-        out.append(state)
+        out.append(each)
         if ages:
             out.append(beat)
     return out
@@ -186,9 +186,7 @@ class SqlmonCollector(Collector):
             return
         self._last_error = ""
         yield _one("sqlmon_up", 1)
-        yield from families(
-            data, backend=self.backend, per_worker=self.per_worker, ages=self.ages
-        )
+        yield from families(data, backend=self.backend, per_worker=self.per_worker, ages=self.ages)
         if self.ages:
             yield _one("sqlmon_scrape_duration_seconds", time.perf_counter() - started)
 

@@ -88,8 +88,12 @@ class Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _not_allowed(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"GET and HEAD only\n", "text/plain",
-                   {"Allow": "GET, HEAD"})
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            b"GET and HEAD only\n",
+            "text/plain",
+            {"Allow": "GET, HEAD"},
+        )
 
     def do_HEAD(self) -> None:  # noqa: N802
         self.do_GET()
@@ -117,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
             name, ctype = STATIC[path]
             self._send(HTTPStatus.OK, self.server.static(name), ctype)
         elif path == "/metrics":
-            encoder, ctype = choose_encoder(self.headers.get("Accept"))
+            encoder, ctype = choose_encoder(self.headers.get("Accept") or "")
             self._send(HTTPStatus.OK, encoder(self.server.registry), ctype)
         elif path == "/livez":
             self._json(HTTPStatus.OK, {"ok": True})
@@ -133,13 +137,13 @@ class Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, live.status_document(src.live()))
         elif path == "/api/v1/events":
             after = _int(query, "after", None, 0)
-            limit = _int(query, "limit", EVENTS_LIMIT, 1, EVENTS_MAX)
+            limit = _int(query, "limit", EVENTS_LIMIT, 1, EVENTS_MAX) or EVENTS_LIMIT
             rows = src.read(lambda c: live.events_after(c, after, limit))
             last = rows[-1]["id"] if rows else after
             self._json(HTTPStatus.OK, {"events": rows, "last_id": last})
         elif path == "/api/v1/runs":
-            rows = src.read(queries.list_runs)
-            self._json(HTTPStatus.OK, {"runs": [_run(r) for r in rows]})
+            runs = src.read(lambda c: queries.list_runs(c))
+            self._json(HTTPStatus.OK, {"runs": [_run(r) for r in runs]})
         elif path == "/api/v1/history":
             self._history(query)
         else:
@@ -147,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _history(self, query: dict[str, list[str]]) -> None:
         run = _int(query, "run", None, 1)
-        points = _int(query, "points", HISTORY_POINTS, 1, HISTORY_MAX)
+        points = _int(query, "points", HISTORY_POINTS, 1, HISTORY_MAX) or HISTORY_POINTS
         window = _float(query, "window")
 
         def read(conn: Any) -> dict[str, object]:
@@ -185,7 +189,9 @@ class BadRequest(ValueError):
     pass
 
 
-def _int(q: dict[str, list[str]], name: str, default: int | None, lo: int, hi: int | None = None):
+def _int(
+    q: dict[str, list[str]], name: str, default: int | None, lo: int, hi: int | None = None
+) -> int | None:
     if name not in q:
         return default
     try:
@@ -250,7 +256,9 @@ class SqlmonServer(ThreadingHTTPServer):
             log.warning(
                 "serving on %s:%d, beyond this machine: anyone who can reach it can read the "
                 "pipeline's state (no authentication); Host headers accepted: %s",
-                host, self.port, ", ".join(sorted(self.hosts)),
+                host,
+                self.port,
+                ", ".join(sorted(self.hosts)),
             )
 
     def static(self, name: str) -> bytes:
@@ -291,4 +299,3 @@ def _serve(server: SqlmonServer) -> None:
         pass
     finally:
         server.server_close()
-

@@ -54,9 +54,7 @@ def need(tool: str, package: str) -> str:
 
 
 def sqlmon(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sqlmon", *args], text=True, **kwargs
-    )
+    return subprocess.Popen([sys.executable, "-m", "sqlmon", *args], text=True, **kwargs)
 
 
 @dataclass
@@ -140,8 +138,16 @@ def scheduler(db: str, tmp: str, interval: float = 0.25) -> subprocess.Popen[str
     """`sqlmon run` in the background, fast cycles, a short stale bound."""
     log = open(os.path.join(tmp, "scheduler.log"), "a")  # noqa: SIM115 - the process owns it
     return sqlmon(
-        "run", db, "--interval", str(interval), "--stale-after", "2", "--warn-after", "2",
-        stdout=log, stderr=log,
+        "run",
+        db,
+        "--interval",
+        str(interval),
+        "--stale-after",
+        "2",
+        "--warn-after",
+        "2",
+        stdout=log,
+        stderr=log,
     )
 
 

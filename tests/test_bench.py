@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("heartbeat_write", "coalesced_beat", "tails", "scheduler_cycle", "startup", "post_run", "live_view")
+SECTIONS = (
+    "heartbeat_write",
+    "coalesced_beat",
+    "tails",
+    "scheduler_cycle",
+    "startup",
+    "post_run",
+    "live_view",
+)
 
 
 @pytest.mark.slow

@@ -62,15 +62,20 @@ def test_live_pipeline_metrics_status_and_a_killed_worker(db: str, tmp_path: Pat
     try:
         m = wait_for(
             "three live workers in /metrics",
-            lambda: (lambda m: m if m.get(M("sqlmon_workers", pool="cpu", state="idle")) == 1
-                     and m.get(M("sqlmon_workers", pool="gpu", state="busy")) == 1
-                     and m.get(M("sqlmon_workers", pool="gpu", state="idle")) == 1 else None)(
-                srv.metrics()
-            ),
+            lambda: (
+                lambda m: (
+                    m
+                    if m.get(M("sqlmon_workers", pool="cpu", state="idle")) == 1
+                    and m.get(M("sqlmon_workers", pool="gpu", state="busy")) == 1
+                    and m.get(M("sqlmon_workers", pool="gpu", state="idle")) == 1
+                    else None
+                )
+            )(srv.metrics()),
         )
         assert m[M("sqlmon_up")] == 1
-        assert m[M("sqlmon_build_info", version="0.1.0", schema_version="0003",
-                   backend="sqlite")] == 1
+        assert (
+            m[M("sqlmon_build_info", version="0.1.0", schema_version="0003", backend="sqlite")] == 1
+        )
         assert m[M("sqlmon_scheduler_alive")] == 1
         assert m[M("sqlmon_system_idle")] == 0
         assert m[M("sqlmon_scheduler_cycles_total")] >= 1
@@ -91,7 +96,9 @@ def test_live_pipeline_metrics_status_and_a_killed_worker(db: str, tmp_path: Pat
         assert m[M("sqlmon_backlog_tasks", pool="cpu", category="SUMMARY")] == 1
         assert m[M("sqlmon_busy_workers", pool="gpu", category="OCR")] == 1
         assert m[M("sqlmon_busy_workers", pool="cpu", category="SUMMARY")] == 0
-        assert 30 <= m[M("sqlmon_backlog_oldest_age_seconds", pool="gpu", category="OCR")] < 30 + 600
+        assert (
+            30 <= m[M("sqlmon_backlog_oldest_age_seconds", pool="gpu", category="OCR")] < 30 + 600
+        )
         assert not [k for k in m if "worker" in dict(k[1])]
         _, _, body = srv.get("/metrics")
         promtool_check(body.decode())
@@ -130,8 +137,9 @@ def test_live_pipeline_metrics_status_and_a_killed_worker(db: str, tmp_path: Pat
         gpu1.kill()
         m = wait_for(
             "gpu-1 dead in /metrics",
-            lambda: (lambda m: m if m.get(M("sqlmon_workers", pool="gpu", state="dead")) == 1
-                     else None)(srv.metrics()),
+            lambda: (
+                lambda m: m if m.get(M("sqlmon_workers", pool="gpu", state="dead")) == 1 else None
+            )(srv.metrics()),
         )
         assert m[M("sqlmon_workers", pool="gpu", state="busy")] == 0
         assert m[M("sqlmon_worker_transitions_total", pool="gpu", to="dead")] == 1
@@ -168,9 +176,7 @@ def test_live_pipeline_metrics_status_and_a_killed_worker(db: str, tmp_path: Pat
         status, _h, body = wait_for(
             "healthz 503", lambda: (lambda r: r if r[0] == 503 else None)(srv.get("/healthz"))
         )
-        check = subprocess.run(
-            ["sqlmon", "check", db], capture_output=True, text=True, timeout=60
-        )
+        check = subprocess.run(["sqlmon", "check", db], capture_output=True, text=True, timeout=60)
         assert json.loads(body) == {"ok": False, "reason": check.stdout.strip()}
         assert srv.metrics()[M("sqlmon_scheduler_alive")] == 0
     finally:
@@ -235,7 +241,7 @@ def test_safety_defaults(db: str, tmp_path: Path) -> None:
         assert status == 200 and body == b""
         status, headers, page = srv.get("/")
         assert headers["Content-Security-Policy"].startswith("default-src 'self'")
-        assert b"<script src=\"/app.js\"" in page and b"onclick" not in page
+        assert b'<script src="/app.js"' in page and b"onclick" not in page
         for asset in ("/app.js", "/app.css"):
             assert srv.get(asset)[0] == 200
         assert srv.get("/nothing")[0] == 404
@@ -329,8 +335,9 @@ def test_textfile_has_timestamps_not_ages(db: str, tmp_path: Path) -> None:
     Heartbeat(db, "w", "cpu").beat("A")
     sched.step()
     target = tmp_path / "sqlmon.prom"
-    out = sqlmon("metrics", db, "--textfile", str(target), stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE)
+    out = sqlmon(
+        "metrics", db, "--textfile", str(target), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     stdout, stderr = out.communicate(timeout=60)
     sched.close()
     assert out.returncode == 0, stderr
@@ -340,8 +347,9 @@ def test_textfile_has_timestamps_not_ages(db: str, tmp_path: Path) -> None:
     assert m[M("sqlmon_up")] == 1
     assert m[M("sqlmon_scheduler_last_cycle_timestamp_seconds")] > 1e9
     assert m[M("sqlmon_backlog_tasks", pool="cpu", category="A")] == 1
-    assert not [k for k in m if k[0].endswith("_age_seconds") or "duration" in k[0]
-                and "cycle" not in k[0]]
+    assert not [
+        k for k in m if k[0].endswith("_age_seconds") or "duration" in k[0] and "cycle" not in k[0]
+    ]
     for line in text.splitlines():  # no sample timestamps: node_exporter would drop the file
         if not line.startswith("#"):
             assert len(line.rsplit("}", 1)[-1].split()) == (1 if "}" in line else 2), line
@@ -354,7 +362,11 @@ def test_textfile_has_timestamps_not_ages(db: str, tmp_path: Path) -> None:
 def test_alert_rules_pass_their_promtool_tests() -> None:
     promtool = need("promtool", "prometheus")
     root = Path(__file__).parent.parent
-    for args in (["check", "rules", "sqlmon/alerts.yml"], ["test", "rules", "tests/alerts_test.yml"]):
-        out = subprocess.run([promtool, *args], cwd=root, capture_output=True, text=True,
-                             timeout=60)
+    for args in (
+        ["check", "rules", "sqlmon/alerts.yml"],
+        ["test", "rules", "tests/alerts_test.yml"],
+    ):
+        out = subprocess.run(
+            [promtool, *args], cwd=root, capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stdout + out.stderr

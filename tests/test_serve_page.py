@@ -98,9 +98,7 @@ def test_page_shows_a_killed_worker_hostile_text_and_greys_out(
 
         # serve goes away: the page greys out and says how old its numbers are.
         srv.stop()
-        page.wait_for_function(
-            "document.body.classList.contains('stale')", timeout=PAGE_WAIT
-        )
+        page.wait_for_function("document.body.classList.contains('stale')", timeout=PAGE_WAIT)
         assert page.text_content("#freshness").startswith("data as of ")
         assert dialogs == [] and errors == []
     finally:
