@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from . import liveness, queries
+from . import config, liveness, queries
 from .schema import HEAD, runs, snapshots, stretch_totals, worker_events, worker_status
 from .states import LIVENESS_EVENTS, Outcome, State
 
@@ -207,6 +207,9 @@ def status_document(live: Live) -> dict[str, object]:
             "pid": s.pid if s else None,
             "host": s.host if s else None,
             "interval_s": s.interval if s else None,
+            # Older than this, the scheduler is not alive (liveness.judge): 3 intervals, and
+            # at least interval + 2 s. The page greys out past it.
+            "fresh_for_s": config.fresh_for(s.interval) if s else None,
             "cycle": s.cycle if s else None,
             "last_cycle_at": s.heartbeat if s else None,
             "cycle_age_s": _age(now, s.heartbeat) if s else None,

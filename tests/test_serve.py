@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,18 +61,22 @@ def test_live_pipeline_metrics_status_and_a_killed_worker(db: str, tmp_path: Pat
     cpu1 = worker(db, "cpu-1", "cpu", None)
     srv = serve(db)
     try:
-        m = wait_for(
-            "three live workers in /metrics",
-            lambda: (
-                lambda m: (
-                    m
-                    if m.get(M("sqlmon_workers", pool="cpu", state="idle")) == 1
-                    and m.get(M("sqlmon_workers", pool="gpu", state="busy")) == 1
-                    and m.get(M("sqlmon_workers", pool="gpu", state="idle")) == 1
-                    else None
-                )
-            )(srv.metrics()),
-        )
+
+        def seen_by_the_scheduler():
+            # Workers write their own rows at once; wait until a cycle has judged all three.
+            m = srv.metrics()
+            want = {
+                M("sqlmon_scheduler_alive"): 1,
+                M("sqlmon_worker_transitions_total", pool="gpu", to="joined"): 2,
+                M("sqlmon_worker_transitions_total", pool="cpu", to="joined"): 1,
+                M("sqlmon_busy_workers", pool="gpu", category="OCR"): 1,
+                M("sqlmon_workers", pool="cpu", state="idle"): 1,
+                M("sqlmon_workers", pool="gpu", state="busy"): 1,
+                M("sqlmon_workers", pool="gpu", state="idle"): 1,
+            }
+            return m if all(m.get(k) == v for k, v in want.items()) else None
+
+        m = wait_for("three workers judged by the scheduler", seen_by_the_scheduler)
         assert m[M("sqlmon_up")] == 1
         assert (
             m[M("sqlmon_build_info", version="0.1.0", schema_version="0003", backend="sqlite")] == 1
@@ -176,7 +181,12 @@ def test_live_pipeline_metrics_status_and_a_killed_worker(db: str, tmp_path: Pat
         status, _h, body = wait_for(
             "healthz 503", lambda: (lambda r: r if r[0] == 503 else None)(srv.get("/healthz"))
         )
-        check = subprocess.run(["sqlmon", "check", db], capture_output=True, text=True, timeout=60)
+        check = subprocess.run(
+            [sys.executable, "-m", "sqlmon", "check", db],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert json.loads(body) == {"ok": False, "reason": check.stdout.strip()}
         assert srv.metrics()[M("sqlmon_scheduler_alive")] == 0
     finally:

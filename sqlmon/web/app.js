@@ -5,7 +5,6 @@
 const POLL_MS = 2000;
 const HISTORY_EVERY = 5; // polls between sparkline refreshes
 const EVENTS_KEPT = 50;
-const STALE_CYCLES = 3; // data older than this many scheduler intervals is not live
 const TROUBLE = { dead: 0, stale: 1, busy: 2, idle: 3, exited: 4 };
 
 let lastGood = null; // the last status document fetched
@@ -198,9 +197,12 @@ async function poll() {
     drawPools(doc);
     drawWorkers(doc);
     const s = doc.scheduler;
-    if (s.interval_s === null || s.cycle_age_s === null) {
+    if (s.fresh_for_s === null || s.cycle_age_s === null) {
       setStale("no scheduler has run");
-    } else if (s.cycle_age_s > STALE_CYCLES * s.interval_s) {
+    } else if (!s.alive) {
+      setStale(s.reason);
+    } else if (s.cycle_age_s > s.fresh_for_s) {
+      // The same bound as liveness.judge: 3 intervals, and at least interval + 2 s.
       setStale("the scheduler's last cycle is " + secs(s.cycle_age_s) + " old");
     } else {
       setLive(doc);
