@@ -295,6 +295,9 @@ def test_cardinality_stays_bounded_as_workers_churn(db: str, tmp_path: Path) -> 
         for i in range(200):
             hb = Heartbeat(db, f"w-{i}", "cpu")
             hb.beat("A")
+            if i % 50 == 0:  # a task that raises: a failed busy stretch
+                with pytest.raises(RuntimeError), hb.busy("A"):
+                    raise RuntimeError("the task failed")
             if i % 20 == 0:
                 sched.step()
             hb.close()
@@ -303,6 +306,7 @@ def test_cardinality_stays_bounded_as_workers_churn(db: str, tmp_path: Path) -> 
         assert set(m) == before  # the same series: no label per worker id
         assert m[M("sqlmon_workers", pool="cpu", state="exited")] == 201
         assert m[M("sqlmon_worker_transitions_total", pool="cpu", to="exited")] == 201
+        assert m[M("sqlmon_failed_stretches_total", pool="cpu")] == 4
     finally:
         sched.close()
         srv.stop()
@@ -380,3 +384,27 @@ def test_alert_rules_pass_their_promtool_tests() -> None:
             [promtool, *args], cwd=root, capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_oldest_age_only_on_the_bundled_tasks_table(db: str) -> None:
+    from prometheus_client import generate_latest
+
+    from sqlmon import Scheduler, TaskTable
+    from sqlmon.source import Source
+
+    from .conftest import execute
+
+    execute(db, "CREATE TABLE jobs (id INTEGER PRIMARY KEY, category TEXT, status TEXT, pool TEXT)")
+    execute(db, "INSERT INTO jobs (category, status, pool) VALUES ('A', 'pending', 'cpu')")
+    sched = Scheduler(db, interval=0.2, stale_after=1.0, warn_after=1.0, backlog=TaskTable("jobs"))
+    sched.open()
+    source = Source(db)
+    try:
+        sched.step()
+        m = samples(generate_latest(registry(SqlmonCollector(source.live))).decode())
+        assert m[M("sqlmon_backlog_tasks", pool="cpu", category="A")] == 1
+        assert not [k for k in m if k[0] == "sqlmon_backlog_oldest_age_seconds"]
+        assert source.live().oldest is None
+    finally:
+        source.close()
+        sched.close()
