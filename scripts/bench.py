@@ -1,5 +1,5 @@
 """sqlmon's benchmark: heartbeat cost against the SQLite limit and the alternatives, tails under
-load, the scheduler cycle, worker start-up and the post-run commands, in one run.
+load, the scheduler cycle, worker start-up, the post-run commands and the live view, in one run.
 
     uv run python scripts/bench.py            # the full run recorded in BENCHMARKS.md
     uv run python scripts/bench.py --quick    # about a minute
@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import cycle, heartbeat, postrun, record, startup, tails  # noqa: E402
+from benchlib import cycle, heartbeat, live, postrun, record, startup, tails  # noqa: E402
 from benchlib.sizes import FULL, QUICK, TINY, Sizes  # noqa: E402
 from benchlib.targets import judge, render  # noqa: E402
 
@@ -92,6 +92,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     section("startup", startup.measure, hb_db, sizes)
     section("post_run", postrun.measure, workdir, sizes)
     section("record", record.measure, workdir, sizes)
+    section("live_view", live.measure, workdir, sizes)
     results["total_s"] = time.perf_counter() - started
     results["targets"] = judge(results)
     return results

@@ -645,6 +645,73 @@ def prune(
     )
 
 
+@app.command()
+def serve(
+    db: DbArg,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback is logged as a warning.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 9753,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Also accept this Host header (a proxy's name); repeatable.",
+        ),
+    ] = None,
+    per_worker_metrics: Annotated[
+        bool, typer.Option(help="Add per-worker series to /metrics (one per worker id).")
+    ] = False,
+) -> None:
+    """Serve a read-only live page, a JSON API and Prometheus /metrics until Ctrl-C.
+
+    GET and HEAD only; binds 127.0.0.1 unless told; a Host header that is not the bound
+    address, localhost or an --allowed-host is refused (403). See docs/serve.md.
+    """
+    from .migrate import check_database
+    from .serve import serve as serve_forever
+
+    _logging()
+    try:
+        check_database(db)
+        serve_forever(db, host, port, allowed=allowed_host or (), per_worker=per_worker_metrics)
+    except SqlmonError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@app.command()
+def metrics(
+    db: DbArg,
+    textfile: Annotated[
+        Path,
+        typer.Option(help="Write here, atomically, for node_exporter's textfile collector."),
+    ],
+) -> None:
+    """Write the /metrics families once to a *.prom file (timestamps only, no ages).
+
+    Run it from cron or a timer; alert on node_textfile_mtime_seconds, since node_exporter
+    keeps exporting a file nobody updates any more.
+    """
+    from .metrics import write_textfile
+    from .source import Source
+
+    _logging()
+    target = textfile.expanduser().absolute()
+    with dbmod.as_found(db):
+        source = Source(db)
+        try:
+            ok = write_textfile(str(target), source.live, backend=source.backend)
+        except OSError as exc:
+            fail(f"--textfile: cannot write {target}: {exc.strerror or exc}")
+        finally:
+            source.close()
+    typer.echo(f"wrote {target}" + ("" if ok else " (sqlmon_up 0: the database cannot be read)"))
+    if not ok:
+        raise typer.Exit(1)
+
+
 def _ids(run_ids: list[int]) -> str:
     return f"({', '.join(map(str, run_ids))}) " if run_ids else ""
 

@@ -22,6 +22,7 @@ SECTIONS = (
     "startup",
     "post_run",
     "record",
+    "live_view",
 )
 
 
@@ -59,6 +60,7 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
         assert results["record"]["transition"][variant]["samples"] > 0
     assert results["record"]["day"]["report_error"] is None
     assert results["record"]["cycle"]["cycles"] > 0
-    assert len(results["targets"]) == 19
+    assert results["live_view"]["metrics"]["requests"] > 0
+    assert len(results["targets"]) == 21
     assert "targets:" in proc.stdout
     assert not list(tmp_path.glob("sqlmon-bench-*")), "the script leaves no databases behind"

@@ -210,7 +210,8 @@ def test_heartbeat_built_in_parent_works_in_children(db: str, method: str) -> No
 def test_import_sqlmon_loads_neither_typer_nor_tabulate() -> None:
     code = (
         "import sys, sqlmon; "
-        "heavy = ('typer', 'tabulate', 'alembic', 'click', 'sqlmon.scheduler'); "
+        "heavy = ('typer', 'tabulate', 'alembic', 'click', 'sqlmon.scheduler', "
+        "'prometheus_client', 'http.server', 'sqlmon.serve', 'sqlmon.metrics'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -28,6 +28,7 @@ class Sizes:
     history_categories: int
     cli_runs: int
     record_hours: float = 24.0  # length of the generated run of stretches (section 7)
+    live_requests: int = 500  # requests timed per live-view endpoint
 
 
 FULL = Sizes(
@@ -51,6 +52,7 @@ FULL = Sizes(
     history_workers=16,
     history_categories=10,
     cli_runs=5,
+    live_requests=1000,
 )
 
 QUICK = Sizes(
@@ -74,6 +76,7 @@ QUICK = Sizes(
     history_workers=16,
     history_categories=10,
     cli_runs=2,
+    live_requests=300,
 )
 
 # For the test: every section runs and writes its figures, in seconds rather than minutes.
@@ -99,4 +102,5 @@ TINY = Sizes(
     history_categories=3,
     cli_runs=1,
     record_hours=0.01,
+    live_requests=50,
 )

@@ -193,6 +193,16 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         if x is not None
         else "",
     )
+    lv = r.get("live_view", {})
+    for name, path in (("metrics", "/metrics"), ("status", "/api/v1/status")):
+        x = _get(lv, name, "p99_ms")
+        n = _get(lv, name, "statements_per_request")
+        target(
+            f"{path} p99 <= 100 ms (1 M tasks, 64 workers)",
+            x,
+            x is not None and x <= 100,
+            f"{x:.1f} ms, {n:.0f} SQL statements" if x is not None else "",
+        )
     return out
 
 
@@ -258,6 +268,16 @@ def render(r: dict[str, Any]) -> str:
         )
         + f"; history {p['history_mb_per_hour']:.2f} MB/hour"
     )
+    lv = r.get("live_view")
+    if lv:
+        for name, path in (("metrics", "/metrics"), ("status", "/api/v1/status")):
+            v = lv[name]
+            lines.append(
+                f"live view {path}, {lv['tasks']:,} tasks ({lv['pending']:,} pending), "
+                f"{lv['workers']} workers, {lv['snapshots']:,} snapshots: median "
+                f"{v['median_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms, max {v['max_ms']:.1f} ms, "
+                f"{v['statements_per_request']:.0f} statements, {v['bytes']:,} bytes"
+            )
     lines += ["", "targets:"]
     for t in r["targets"]:
         mark = {True: "met    ", False: "MISSED ", None: "n/a    "}[t["met"]]
