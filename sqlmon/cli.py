@@ -17,7 +17,7 @@ import typer
 
 from . import db as dbmod
 from . import demo as demomod
-from . import queries
+from . import eventlog, queries
 from .errors import SqlmonError
 
 app = typer.Typer(
@@ -337,7 +337,7 @@ def events(
         if run is not None:
             _run(conn, run, now)
         with dbmod.read(conn):
-            rows = queries.events(
+            rows = eventlog.events(
                 conn,
                 run_id=run,
                 worker=worker,

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from . import db as dbmod
 from . import liveness, stretches
 from .dialects import greatest, insert, least
 from .db import Prepared
@@ -41,7 +42,8 @@ _NEW_STRETCHES = Prepared(
     sa.select(*(_ws[f] for f in stretches.Stretch._fields))
     .where(_ws.id > sa.bindparam("after"), _ws.id <= sa.bindparam("upto"))
     .order_by(_ws.id)
-    .limit(sa.literal_column(str(FOLD_BATCH))),
+    .limit(sa.literal_column(str(FOLD_BATCH)))
+    .offset(sa.literal_column("0")),  # SQLite would bind an OFFSET of its own
     ("after", "upto"),
 )
 _LAST_STRETCH = Prepared(sa.select(sa.func.coalesce(sa.func.max(_ws.id), 0)))
@@ -113,12 +115,16 @@ class Me:
 
 
 def acquire(
-    conn: Connection, *, now: float, me: Me, settings: dict[str, Any], ttl: float
-) -> tuple[int, int, list[int]] | liveness.SchedulerRow:
+    conn: Connection, *, now: float | None, me: Me, settings: dict[str, Any], ttl: float
+) -> tuple[int, int, list[int], float] | liveness.SchedulerRow:
     """Inside a write transaction: take the lease when no live scheduler holds it, open a run
     and say not idle. Returns (run id, term, ids of earlier runs found unended, now ended as
-    vanished), or the row of the scheduler that holds the lease."""
+    vanished, the run's start), or the row of the scheduler that holds the lease. `now`
+    defaults to the database's clock, read after the row (which then cannot seem to come
+    from the future)."""
     row = liveness.read(conn)
+    if now is None:
+        now = dbmod.clock(conn)
     if row is not None:
         held = row.expires_at is None or row.expires_at > now
         if held and liveness.judge(row, now, host=me.host).alive:
@@ -175,7 +181,7 @@ def acquire(
         ).rowcount
         if took != 1:
             raise LeaseLost("another scheduler took the lease at the same moment")
-    return int(run_id), term, unended
+    return int(run_id), term, unended, now
 
 
 VANISHED = "vanished: its scheduler stopped without ending it"
@@ -329,9 +335,9 @@ _STATE = (
 _UPDATE_STATE = Prepared(
     sa.update(scheduler_state)
     .where(scheduler_state.c.id == sa.literal_column("1"))
-    .where(scheduler_state.c.term == sa.bindparam("term"))
+    .where(scheduler_state.c.term == sa.bindparam("held_term"))
     .values(run_id=sa.bindparam("run_id"), **{n: sa.bindparam(n) for n in _STATE}),
-    ("run_id", *_STATE, "term"),
+    ("run_id", *_STATE, "held_term"),
 )
 _FOLDED = Prepared(
     sa.update(scheduler_state)

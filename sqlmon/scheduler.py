@@ -215,11 +215,10 @@ class Scheduler(multiprocessing.Process):
         )
         told = False
         while True:
-            at = dbmod.clock(self._conn) if now is None else now
             # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
             dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
             with dbmod.write(self._conn):
-                got = history.acquire(self._conn, now=at, me=me, settings=s, ttl=self._ttl)
+                got = history.acquire(self._conn, now=now, me=me, settings=s, ttl=self._ttl)
             dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
             if not isinstance(got, liveness.SchedulerRow):
                 break
@@ -233,7 +232,7 @@ class Scheduler(multiprocessing.Process):
             if self._terminated() or getattr(self, "_signalled", None):
                 self.close("stopped while standing by")
                 return None
-        self.run_id, self.term, unended = got
+        self.run_id, self.term, unended, at = got
         self.started_at = at
         self.monitor = Monitor(
             interval=s["interval"],
