@@ -94,7 +94,8 @@ def sql(path: str, query: str, params: tuple = ()) -> list[tuple]:
     tests judge sqlmon by what is stored, not by its own view."""
     if is_pg(path):
         with _pg(path) as conn:
-            return [tuple(r) for r in conn.execute(query.replace("?", "%s"), params).fetchall()]
+            rows = conn.execute(query.replace("?", "%s"), params or None).fetchall()
+            return [tuple(r) for r in rows]
     conn = sqlite3.connect(path)
     try:
         return conn.execute(query, params).fetchall()

@@ -71,3 +71,20 @@ def chain_worker(db: str, worker_id: str, pool: str, terminate, gap: float, step
         hb.beat(None)
     hb.close()
     conn.close()
+
+
+def _skewed(offset: float) -> float:
+    return time.time() + offset
+
+
+def beat_as(db: str, worker_id: str, host: str, skew: float, category: str | None, stop):
+    """A worker on another host (by name) whose wall clock is `skew` s off; beats every 0.1 s
+    until `stop` is set, then closes."""
+    import functools
+
+    hb = Heartbeat(db, worker_id, "cpu", min_interval=0.0, host=host,
+                   clock=functools.partial(_skewed, skew))
+    while not stop.is_set():
+        hb.beat(category)
+        stop.wait(0.1)
+    hb.close()
