@@ -97,7 +97,8 @@ def run(
 @app.command()
 def demo(
     db: Annotated[
-        Path | None, typer.Option(help="Database file (default: ./sqlmon-demo.db).")
+        str | None,
+        typer.Option(help="Database file or SQLAlchemy URL (default: ./sqlmon-demo.db)."),
     ] = None,
     gpu_workers: Annotated[int, typer.Option(min=1, help="GPU worker processes.")] = 3,
     cpu_workers: Annotated[int, typer.Option(min=1, help="CPU worker processes.")] = 5,
@@ -111,7 +112,7 @@ def demo(
     """Run a dashcam-like pipeline under the scheduler, wait for idle, and summarise."""
     _logging()
     settings = demomod.DemoSettings(
-        db=str(db) if db is not None else demomod.default_db(),
+        db=db if db is not None else demomod.default_db(),
         gpu_workers=gpu_workers,
         cpu_workers=cpu_workers,
         videos=videos,
@@ -152,9 +153,13 @@ def render_demo_summary(db: str, result: dict[str, object]) -> str:
             headers=("worker", "busy s", "utilisation"),
         ),
         "",
-        f"database: {db}  (try: sqlmon report {db}, or sqlite3 {db} "
-        "'SELECT * FROM worker_intervals LIMIT 10')",
     ]
+    path = dbmod.sqlite_path(dbmod.to_url(db))
+    shell = f"sqlite3 {path}" if path else "psql"
+    lines.append(
+        f"database: {_name(db)}  (try: sqlmon report DB, or {shell} "
+        "'SELECT * FROM worker_intervals LIMIT 10')"
+    )
     return "\n".join(lines)
 
 
