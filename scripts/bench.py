@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import cycle, heartbeat, postrun, startup, tails  # noqa: E402
+from benchlib import cycle, heartbeat, postgres, postrun, startup, tails  # noqa: E402
 from benchlib.sizes import FULL, QUICK, TINY, Sizes  # noqa: E402
 from benchlib.targets import judge, render  # noqa: E402
 
@@ -91,6 +91,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     section("scheduler_cycle", cycle.measure, workdir, sizes)
     section("startup", startup.measure, hb_db, sizes)
     section("post_run", postrun.measure, workdir, sizes)
+    section("postgresql", postgres.measure, workdir, sizes)
     results["total_s"] = time.perf_counter() - started
     results["targets"] = judge(results)
     return results
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(render(results))
+    print(postgres.render(results["postgresql"]))
     print(f"\nfigures written to {args.json}")
     return 0
 

@@ -58,12 +58,13 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def cluster() -> Iterator[Server]:
-    """Start a private cluster; stop and delete it on the way out."""
+def cluster(*, fsync: bool = False, parent: str | None = None) -> Iterator[Server]:
+    """Start a private cluster (in a new directory under `parent`); stop and delete it on the
+    way out. Without fsync unless asked: the tests need no durability, the benchmark does."""
     bindir = server_bin()
     if bindir is None:
         raise RuntimeError("no PostgreSQL server in /usr/lib/postgresql (apt-get install postgresql)")
-    top = tempfile.mkdtemp(prefix="sqlmon-pg-")
+    top = tempfile.mkdtemp(prefix="sqlmon-pg-", dir=parent)
     data, sock = os.path.join(top, "data"), os.path.join(top, "sock")
     os.mkdir(sock)
     if os.geteuid() == 0:
@@ -79,7 +80,7 @@ def cluster() -> Iterator[Server]:
         **run,
     )
     options = (
-        f"-F -k {sock} -p {PORT} -c listen_addresses='' -c max_connections=200 "
+        f"{'' if fsync else '-F '}-k {sock} -p {PORT} -c listen_addresses='' -c max_connections=200 "
         "-c shared_buffers=32MB -c track_commit_timestamp=off"
     )
     subprocess.run(
