@@ -31,8 +31,8 @@ import sqlalchemy as sa
 
 from . import config, procs
 from . import db as dbmod
-from .errors import DatabaseError, SqlmonError
 from .dialects import db_now
+from .errors import DatabaseError, SqlmonError
 from .migrate import check_database
 from .schema import worker_status, worker_stretches
 from .states import Outcome
@@ -387,7 +387,7 @@ class Heartbeat:
             # stretches) and the exit stay synchronous.
             cursor.execute(self._beat_sql, update)
         else:
-            columns = list(zip(*stretches)) if stretches else [()] * len(_STRETCH)
+            columns = list(zip(*stretches, strict=True)) if stretches else [()] * len(_STRETCH)
             arrays = [list(c) for c in columns[2:]]  # category .. error
             cursor.execute(self._update_sql, (self.worker_id, self._pid, *arrays, *update))
         if cursor.rowcount == 1:

@@ -17,8 +17,8 @@ from sqlalchemy import Connection
 
 from . import db as dbmod
 from . import liveness, stretches
-from .dialects import greatest, insert, least
 from .db import Prepared
+from .dialects import greatest, insert, least
 from .errors import LeaseLost
 from .monitor import Close, Cycle, Event, Judged, WorkerRow
 from .schema import (

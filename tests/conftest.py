@@ -83,7 +83,10 @@ def _pg(url: str) -> Iterator[object]:
 
     u = sa.make_url(url)
     with psycopg.connect(
-        host=u.query["host"], port=int(u.query["port"]), user=u.username, dbname=u.database,
+        host=u.query["host"],
+        port=int(u.query["port"]),
+        user=u.username,
+        dbname=u.database,
         autocommit=True,
     ) as conn:
         yield conn

@@ -63,7 +63,9 @@ def cluster(*, fsync: bool = False, parent: str | None = None) -> Iterator[Serve
     way out. Without fsync unless asked: the tests need no durability, the benchmark does."""
     bindir = server_bin()
     if bindir is None:
-        raise RuntimeError("no PostgreSQL server in /usr/lib/postgresql (apt-get install postgresql)")
+        raise RuntimeError(
+            "no PostgreSQL server in /usr/lib/postgresql (apt-get install postgresql)"
+        )
     top = tempfile.mkdtemp(prefix="sqlmon-pg-", dir=parent)
     data, sock = os.path.join(top, "data"), os.path.join(top, "sock")
     os.mkdir(sock)
@@ -80,12 +82,13 @@ def cluster(*, fsync: bool = False, parent: str | None = None) -> Iterator[Serve
         **run,
     )
     options = (
-        f"{'' if fsync else '-F '}-k {sock} -p {PORT} -c listen_addresses='' -c max_connections=200 "
-        "-c shared_buffers=32MB -c track_commit_timestamp=off"
+        f"{'' if fsync else '-F '}-k {sock} -p {PORT} -c listen_addresses='' "
+        "-c max_connections=200 -c shared_buffers=32MB -c track_commit_timestamp=off"
     )
     subprocess.run(
-        _as_postgres([f"{bindir}/pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", log,
-                      "-o", options]),
+        _as_postgres(
+            [f"{bindir}/pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", log, "-o", options]
+        ),
         **run,
     )
     try:

@@ -82,8 +82,9 @@ def beat_as(db: str, worker_id: str, host: str, skew: float, category: str | Non
     until `stop` is set, then closes."""
     import functools
 
-    hb = Heartbeat(db, worker_id, "cpu", min_interval=0.0, host=host,
-                   clock=functools.partial(_skewed, skew))
+    hb = Heartbeat(
+        db, worker_id, "cpu", min_interval=0.0, host=host, clock=functools.partial(_skewed, skew)
+    )
     while not stop.is_set():
         hb.beat(category)
         stop.wait(0.1)

@@ -84,7 +84,8 @@ def test_heartbeat_writes_its_row_and_the_stretches_it_closed(any_db: str) -> No
     assert hb.missed == 0
     assert sql(any_db, row) == [(os.getpid(), "gpu", None, 5, True)]
     stretches = sql(
-        any_db, "SELECT category, outcome, error, ended >= started FROM worker_stretches ORDER BY id"
+        any_db,
+        "SELECT category, outcome, error, ended >= started FROM worker_stretches ORDER BY id",
     )
     assert stretches == [
         (None, "ok", None, True),
@@ -102,9 +103,7 @@ def test_a_row_taken_over_is_written_whole_again(any_db: str) -> None:
     hb.beat("A")
     execute(any_db, "UPDATE worker_status SET pid = 1, beats = 41")  # another incarnation
     hb.beat("B")
-    assert sql(any_db, "SELECT pid, category, beats FROM worker_status") == [
-        (os.getpid(), "B", 1)
-    ]
+    assert sql(any_db, "SELECT pid, category, beats FROM worker_status") == [(os.getpid(), "B", 1)]
     assert sql(any_db, "SELECT category FROM worker_stretches") == [("A",)]
 
 
@@ -134,7 +133,11 @@ def test_a_scheduler_runs_real_workers_to_idle(any_db: str) -> None:
         stop.set()
         for w in workers:
             w.join(30)
-        wait_for(lambda: sql(any_db, "SELECT count(*) FROM worker_events WHERE event = 'exited'")[0][0] == 2)
+        wait_for(
+            lambda: (
+                sql(any_db, "SELECT count(*) FROM worker_events WHERE event = 'exited'")[0][0] == 2
+            )
+        )
     finally:
         stop.set()
         terminate.set()
@@ -151,7 +154,8 @@ def test_a_scheduler_runs_real_workers_to_idle(any_db: str) -> None:
 
 
 def test_cli_status_check_and_report(any_db: str) -> None:
-    sched = Scheduler(any_db, interval=0.1)
+    # Stepped by hand; a long interval keeps it fresh while the CLI starts on a loaded machine.
+    sched = Scheduler(any_db, interval=5.0, stale_after=10.0, warn_after=10.0)
     hb = Heartbeat(any_db, "gpu-1", "gpu", min_interval=0.0)
     sched.open()
     try:

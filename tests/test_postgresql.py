@@ -79,9 +79,7 @@ def test_a_lost_connection_drops_one_beat_and_the_next_reconnects(pg_db: str) ->
     hb.beat("C")
     hb.close()
     assert hb.missed == 1
-    assert sql(pg_db, "SELECT category, exited_at IS NOT NULL FROM worker_status") == [
-        (None, True)
-    ]
+    assert sql(pg_db, "SELECT category, exited_at IS NOT NULL FROM worker_status") == [(None, True)]
     # The stretches closed while the connection was down were written with the next write.
     assert sql(pg_db, "SELECT category FROM worker_stretches ORDER BY started") == [
         ("A",),
@@ -159,7 +157,8 @@ def test_the_fold_waits_for_a_stretch_that_commits_out_of_id_order(pg_db: str) -
     sched.close("test over")
     hb.close()
     totals = dict(
-        sql(pg_db, "SELECT worker_id || ':' || category, n FROM stretch_totals WHERE state = 'busy'")
+        sql(
+            pg_db, "SELECT worker_id || ':' || category, n FROM stretch_totals WHERE state = 'busy'"
+        )
     )
     assert totals == {"slow:OCR": 1, "w:A": 1}
-

@@ -135,8 +135,9 @@ def _wal_and_hot(server: Any, name: str, hb: Heartbeat, n: int) -> dict[str, Any
         return str(look.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
 
     def wal_since(start: str) -> int:
-        return int(look.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (start,))
-                   .fetchone()[0])
+        return int(
+            look.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (start,)).fetchone()[0]
+        )
 
     start = lsn()
     for _ in range(n):
@@ -174,13 +175,22 @@ def render(r: dict[str, Any]) -> str:
     if "skipped" in r:
         return f"\nPostgreSQL: skipped ({r['skipped']})"
     lines = ["", "PostgreSQL (a throwaway local cluster, fsync on, Unix socket):"]
-    for k in ("sqlmon_beat", "raw_beat", "raw_beat_synchronous", "sqlmon_transition",
-              "raw_transition"):
+    for k in (
+        "sqlmon_beat",
+        "raw_beat",
+        "raw_beat_synchronous",
+        "sqlmon_transition",
+        "raw_transition",
+    ):
         lines.append(f"  {k:22} median {r[k]['median_us']:7.1f} us  p99 {r[k]['p99_us']:8.1f} us")
-    lines.append(f"  beat: sqlmon / raw {r['beat_ratio']:.3f} (target <= 1.15); "
-                 f"transition: {r['transition_ratio']:.3f}; "
-                 f"synchronous / asynchronous beat {r['asynchronous_speedup']:.2f}")
-    lines.append(f"  HOT updates {r['hot_share']:.1%} of {r['worker_status_updates']} "
-                 f"(target >= 95 %); WAL per beat {r['wal_bytes_per_beat']:.0f} B, "
-                 f"per transition {r['wal_bytes_per_transition']:.0f} B")
+    lines.append(
+        f"  beat: sqlmon / raw {r['beat_ratio']:.3f} (target <= 1.15); "
+        f"transition: {r['transition_ratio']:.3f}; "
+        f"synchronous / asynchronous beat {r['asynchronous_speedup']:.2f}"
+    )
+    lines.append(
+        f"  HOT updates {r['hot_share']:.1%} of {r['worker_status_updates']} "
+        f"(target >= 95 %); WAL per beat {r['wal_bytes_per_beat']:.0f} B, "
+        f"per transition {r['wal_bytes_per_transition']:.0f} B"
+    )
     return "\n".join(lines)
