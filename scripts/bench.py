@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import cycle, heartbeat, live, postrun, record, startup, tails  # noqa: E402
+from benchlib import cycle, heartbeat, live, postgres, postrun, record, startup, tails  # noqa: E402
 from benchlib.sizes import FULL, QUICK, TINY, Sizes  # noqa: E402
 from benchlib.targets import judge, render  # noqa: E402
 
@@ -93,6 +93,7 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     section("post_run", postrun.measure, workdir, sizes)
     section("record", record.measure, workdir, sizes)
     section("live_view", live.measure, workdir, sizes)
+    section("postgresql", postgres.measure, workdir, sizes)
     results["total_s"] = time.perf_counter() - started
     results["targets"] = judge(results)
     return results
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(render(results))
+    print(postgres.render(results["postgresql"]))
     print(f"\nfigures written to {args.json}")
     return 0
 

@@ -15,9 +15,8 @@ from typing import Annotated, NoReturn
 import sqlalchemy as sa
 import typer
 
-from . import config
+from . import config, queries
 from . import db as dbmod
-from . import queries
 from .errors import SqlmonError
 
 app = typer.Typer(
@@ -204,7 +203,8 @@ def _interrupted() -> NoReturn:
 @app.command()
 def demo(
     db: Annotated[
-        Path | None, typer.Option(help="Database file (default: ./sqlmon-demo.db).")
+        str | None,
+        typer.Option(help="Database file or SQLAlchemy URL (default: ./sqlmon-demo.db)."),
     ] = None,
     gpu_workers: Annotated[int, typer.Option(min=1, help="GPU worker processes.")] = 3,
     cpu_workers: Annotated[int, typer.Option(min=1, help="CPU worker processes.")] = 5,
@@ -220,7 +220,7 @@ def demo(
 
     _logging()
     settings = demomod.DemoSettings(
-        db=str(db) if db is not None else demomod.default_db(),
+        db=db if db is not None else demomod.default_db(),
         gpu_workers=gpu_workers,
         cpu_workers=cpu_workers,
         videos=videos,
@@ -267,9 +267,13 @@ def render_demo_summary(db: str, result: dict[str, object]) -> str:
             headers=("worker", "busy s", "utilisation"),
         ),
         "",
-        f"database: {db}  (try: sqlmon report {db}, or sqlite3 {db} "
-        "'SELECT * FROM worker_intervals LIMIT 10')",
     ]
+    path = dbmod.sqlite_path(dbmod.to_url(db))
+    shell = f"sqlite3 {path}" if path else "psql"
+    lines.append(
+        f"database: {_name(db)}  (try: sqlmon report DB, or {shell} "
+        "'SELECT * FROM worker_intervals LIMIT 10')"
+    )
     return "\n".join(lines)
 
 
@@ -443,6 +447,7 @@ def events(
 ) -> None:
     """Worker events, oldest first: the scheduler's liveness events and the stretches the
     workers recorded (busy, idle, failed)."""
+    from . import eventlog
     from .render import events_text
     from .states import Event
 
@@ -454,7 +459,7 @@ def events(
         if run is not None:
             _run(conn, run, now)
         with dbmod.read(conn):
-            rows = queries.events(
+            rows = eventlog.events(
                 conn,
                 run_id=run,
                 worker=worker,

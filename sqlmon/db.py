@@ -1,4 +1,5 @@
-"""Engines and connections: the one place that knows about SQLite pragmas and URIs.
+"""Engines and connections: the one place that knows about SQLite pragmas and URIs, and about
+PostgreSQL's session settings and isolation levels.
 
 Every other module gets an engine from `engine()` and a transaction from `read()` or
 `write()`, so that another backend is a change of URL.
@@ -10,7 +11,7 @@ import gc
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,10 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
+def is_postgresql(url: URL) -> bool:
+    return url.get_backend_name() == "postgresql"
+
+
 def sqlite_path(url: URL) -> str | None:
     """The database file of an SQLite URL, or None for memory databases and other backends."""
     if not is_sqlite(url):
@@ -88,7 +93,10 @@ def engine(
     url = to_url(db)
     path = sqlite_path(url)
     if path is None:
-        return sa.create_engine(url, **kwargs)  # type: ignore[arg-type]
+        eng = sa.create_engine(url, **kwargs)  # type: ignore[arg-type]
+        if is_postgresql(url):
+            _configure_postgresql(eng, role)
+        return eng
     if role != "admin" and not os.path.exists(path):
         raise DatabaseMissing(f"{path}: no such database (create it with `sqlmon init`)")
     if os.path.isdir(path):
@@ -179,6 +187,69 @@ def _configure_sqlite(eng: Engine, role: Role) -> None:
             cur.execute(sql)
 
 
+def _configure_postgresql(eng: Engine, role: Role) -> None:
+    settings = {
+        "application_name": f"sqlmon-{role}",
+        # Bounds, not expectations: a beat takes well under a millisecond.
+        "statement_timeout": f"{int(config.PG_STATEMENT_TIMEOUT[role] * 1000)}",
+        # Nothing of sqlmon leaves a transaction open; should a bug do so, its locks and its
+        # snapshot (which holds back vacuum) go after this long.
+        "idle_in_transaction_session_timeout": f"{int(config.PG_IDLE_IN_TRANSACTION * 1000)}",
+    }
+    if role == "read":
+        settings["default_transaction_read_only"] = "on"
+    sql = "SELECT " + ", ".join(f"set_config('{k}', '{v}', false)" for k, v in settings.items())
+
+    @event.listens_for(eng, "connect")
+    def _on_connect(dbapi_connection: Any, _record: object) -> None:
+        # One statement, so one round trip, for every setting. Behind PgBouncer in transaction
+        # mode session settings do not stick to a client: set them on the role there
+        # (docs/postgresql.md).
+        with dbapi_connection.cursor() as cur:
+            cur.execute(sql)
+        dbapi_connection.commit()
+
+    @event.listens_for(eng, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # read() sees one snapshot for all its statements, as on SQLite: REPEATABLE READ, and
+        # read-only. write() stays READ COMMITTED, so that a fenced UPDATE that waited for a
+        # concurrent one re-reads the row and affects none, instead of failing to serialize.
+        # psycopg puts both into its BEGIN: no round trip of their own.
+        driver = conn.connection.driver_connection
+        writing = bool(conn.get_execution_options().get("sqlmon_write"))
+        driver.isolation_level = None if writing else _repeatable_read()  # type: ignore[union-attr]
+        driver.read_only = None if writing else True  # type: ignore[union-attr]
+
+
+def _repeatable_read() -> Any:
+    import psycopg  # only for a PostgreSQL URL: SQLite users never import it
+
+    return psycopg.IsolationLevel.REPEATABLE_READ
+
+
+def clock(conn: Connection) -> float:
+    """The database's clock (unix s). On PostgreSQL every process, on every host, judges ages
+    on the server's clock; on SQLite the database's clock is this host's."""
+    if conn.dialect.name == "sqlite":
+        return time.time()
+    from .dialects import db_now
+
+    if conn.in_transaction():
+        return float(conn.execute(sa.select(db_now())).scalar_one())
+    with read(conn):  # not left open: an open transaction would pin a snapshot
+        return float(conn.execute(sa.select(db_now())).scalar_one())
+
+
+def lock_schema(conn: Connection) -> None:
+    """Inside a write transaction: wait until no other process changes the schema. SQLite's
+    write lock does this already; PostgreSQL takes a transaction-level advisory lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+
+
+_SCHEMA_LOCK = 0x73716C6D6F6E  # "sqlmon": the advisory lock key init_db holds
+
+
 @contextmanager
 def read(conn: Connection) -> Iterator[Connection]:
     """One read transaction: a consistent snapshot, ended promptly (an open read pins the WAL)."""
@@ -246,12 +317,28 @@ class Prepared:
     cycle runs six statements. On SQLite the statement is compiled once for the connection's
     dialect and runs on the driver's cursor inside the transaction SQLAlchemy began; on other
     backends it runs through Core as it is. `stmt` binds `names`, in that order, or is SQL text
-    without parameters.
+    without parameters, or builds the statement for a dialect's name (an upsert's ON CONFLICT
+    is written per dialect).
     """
 
-    def __init__(self, stmt: sa.Executable | str, names: tuple[str, ...] = ()) -> None:
-        self.stmt, self.names = stmt, names
+    def __init__(
+        self,
+        stmt: sa.Executable | str | Callable[[str], sa.Executable],
+        names: tuple[str, ...] = (),
+    ) -> None:
+        self._build = stmt if callable(stmt) and not isinstance(stmt, sa.ClauseElement) else None
+        self.stmt: Any = None if self._build is not None else stmt
+        self.names = names
         self._sql: str | None = None
+        self._by_dialect: dict[str, Any] = {}
+
+    def _stmt(self, conn: Connection) -> Any:
+        if self._build is None:
+            return self.stmt
+        name = conn.dialect.name
+        if name not in self._by_dialect:
+            self._by_dialect[name] = self._build(name)
+        return self._by_dialect[name]
 
     def _compiled(self, conn: Connection) -> str:
         # On the driver's cursor nothing begins a transaction: outside read() or write() each
@@ -259,18 +346,20 @@ class Prepared:
         if not conn.in_transaction():
             raise RuntimeError("a prepared statement runs inside db.read() or db.write()")
         if self._sql is None:
-            if isinstance(self.stmt, str):
-                self._sql = self.stmt
+            stmt = self._stmt(conn)
+            if isinstance(stmt, str):
+                self._sql = stmt
             else:
-                self._sql = positional_sql(self.stmt, conn.dialect, self.names)
+                self._sql = positional_sql(stmt, conn.dialect, self.names)
         return self._sql
 
     def _core(self, conn: Connection, values: Sequence[Any] | None = None) -> sa.CursorResult[Any]:
-        if isinstance(self.stmt, str):
-            return conn.exec_driver_sql(self.stmt)
+        stmt = self._stmt(conn)
+        if isinstance(stmt, str):
+            return conn.exec_driver_sql(stmt)
         if values is None:
-            return conn.execute(self.stmt)
-        return conn.execute(self.stmt, dict(zip(self.names, values, strict=True)))
+            return conn.execute(stmt)
+        return conn.execute(stmt, dict(zip(self.names, values, strict=True)))
 
     def rows(self, conn: Connection, values: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if conn.dialect.name != "sqlite":
@@ -297,7 +386,7 @@ class Prepared:
 
     def many(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         if conn.dialect.name != "sqlite":
-            conn.execute(self.stmt, [dict(zip(self.names, r, strict=True)) for r in rows])  # type: ignore[arg-type]
+            conn.execute(self._stmt(conn), [dict(zip(self.names, r, strict=True)) for r in rows])
             return
         sql = self._compiled(conn)
         with _driver_cursor(conn, sql) as cur:

@@ -4,9 +4,14 @@ stretch it closes in worker_stretches.
 A beat that changes nothing inside `min_interval` is a comparison and a clock read. A beat that
 writes is one UPDATE of this incarnation's row (the upsert when the row is not there: the
 first beat of a process); a transition also inserts the stretch it closed, in the same
-transaction. Statements are prepared once, on a DBAPI connection held for the life of the
+transaction. Statements are compiled once, on a DBAPI connection held for the life of the
 process (closed before a fork, reopened by the next write). Once built, a Heartbeat never
 raises into the worker's loop.
+
+On PostgreSQL every write is one autocommitted statement, so one round trip and never a
+transaction left open between beats: the UPDATE, with the closed stretches inserted by a
+data-modifying CTE. last_heartbeat is the server's clock, and the stretch clock is anchored on
+it when the process first connects, so that hosts need not agree on the time.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import socket
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +32,7 @@ import sqlalchemy as sa
 
 from . import config, procs
 from . import db as dbmod
+from .dialects import db_now
 from .errors import DatabaseError, SqlmonError
 from .migrate import check_database
 from .schema import worker_status, worker_stretches
@@ -70,13 +76,19 @@ class Heartbeat:
         pool: str,
         *,
         min_interval: float = config.MIN_INTERVAL,
+        host: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`host` names this worker's machine (default: its host name); `clock` is its wall
+        clock (unix s), which on PostgreSQL only matters until the first connection."""
         check_database(db)  # misconfiguration raises here, never later in the worker's loop
         dbmod.preflight(db, warn=False)  # -wal / -shm this process cannot write, NFS, FUSE
         self.db = dbmod.url_text(db)
         self.worker_id = str(worker_id)
         self.pool = str(pool)
         self.min_interval = float(min_interval)
+        self.host = socket.gethostname() if host is None else str(host)
+        self.clock = clock
         self.missed = 0  # writes dropped (locked database, full disk, replaced file)
         self.lost = 0  # closed stretches dropped because too many waited for a write
         self._init_process_state()
@@ -92,7 +104,8 @@ class Heartbeat:
         self._pending: list[tuple[Any, ...]] = []  # closed stretches not yet written
         # The stretch clock: wall time at the anchor plus monotonic time since, so that a
         # stretch's length is exact whatever the wall clock does meanwhile.
-        self._wall0, self._mono0 = time.time(), _monotonic()
+        self._wall0, self._mono0 = self.clock(), _monotonic()
+        self._anchored = False  # on the database's clock (PostgreSQL's first connection)
         self._last_write = -float("inf")
         self._last_log = -float("inf")
         self._last_loss_log = -float("inf")
@@ -108,6 +121,7 @@ class Heartbeat:
         self._sql = ""  # the upsert
         self._update_sql: str | None = None  # this incarnation's row, when it is there
         self._stretch_sql = ""
+        self._beat_sql: str | None = None  # PostgreSQL's plain beat
         # A file gone or replaced since the check is as much a dropped beat as a locked one.
         # sqlite3.Error from the start: opening runs the connection's PRAGMAs, whose errors
         # (a busy WAL index while 16 workers start at once) SQLAlchemy passes on unwrapped.
@@ -120,7 +134,7 @@ class Heartbeat:
 
     # Processes receive plain data: a spawned child gets the settings, never the connection.
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("db", "worker_id", "pool", "min_interval", "missed", "lost")
+        keep = ("db", "worker_id", "pool", "min_interval", "missed", "lost", "host", "clock")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -211,20 +225,19 @@ class Heartbeat:
     def _open(self) -> None:
         engine = dbmod.engine(self.db, "worker")
         pid = os.getpid()
+        if engine.dialect.name == "postgresql":
+            self._open_postgresql(engine)
         if pid != self._pid:
             # The first connection of this process: a new incarnation of the worker id.
-            self._pid, self._started_at = pid, time.time()
-        self._row = (self.worker_id, pid, procs.start_time(pid), socket.gethostname(), self.pool)
+            self._pid, self._started_at = pid, self._clock(_monotonic())
+        self._row = (self.worker_id, pid, procs.start_time(pid), self.host, self.pool)
         self._key = (self.worker_id, pid, self._started_at)
+        if self._cursor is not None:
+            return  # PostgreSQL's, opened above
         self._path = dbmod.sqlite_path(dbmod.to_url(self.db))
         if self._path is not None:
             st = os.stat(self._path)
             self._inode = (st.st_dev, st.st_ino)
-        if engine.dialect.name != "sqlite":
-            # Other backends take the portable path: SQLAlchemy Core, one transaction a write.
-            self._engine, self._conn = engine, engine.connect()
-            self._cursor = _Portable(self._conn, engine.dialect.name)
-            return
         conn = engine.raw_connection()
         from sqlalchemy.dialects.sqlite import pysqlite
 
@@ -243,13 +256,54 @@ class Heartbeat:
         # The connection autocommits (see db.py): a lone UPDATE is one small transaction.
         self._cursor = conn.driver_connection.cursor()  # type: ignore[union-attr]
 
+    def _open_postgresql(self, engine: sa.Engine) -> None:
+        from sqlalchemy.dialects.postgresql import psycopg
+
+        dialect = psycopg.dialect(paramstyle="format")
+        self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
+        conn = engine.raw_connection()
+        driver = conn.driver_connection
+        assert driver is not None
+        try:
+            driver.autocommit = True  # each write is one statement and its own transaction
+            cursor = driver.cursor()
+            if not self._anchored:
+                # The stretch clock from here on is the server's: what a worker on a host
+                # whose clock is off records still lines up with the runs (to within half a
+                # round trip).
+                before = _monotonic()
+                cursor.execute(str(sa.select(db_now()).compile(dialect=dialect)))
+                after = _monotonic()
+                (server,) = cursor.fetchone()
+                self._shift_clock(server - self._clock((before + after) / 2))
+        except BaseException:
+            conn.close()
+            engine.dispose()
+            raise
+        self._engine, self._conn, self._cursor = engine, conn, cursor
+        names = _UPDATED_PG + _KEY
+        self._sql = dbmod.positional_sql(_upsert("postgresql"), dialect, _COLUMNS)
+        self._beat_sql = dbmod.positional_sql(_update(asynchronous=True), dialect, names)
+        self._update_sql = _CLOSED_CTE + dbmod.positional_sql(
+            _update(server_clock=True), dialect, names
+        )
+
+    def _shift_clock(self, shift: float) -> None:
+        """Move the stretch clock by `shift` s, with what it already measured."""
+        self._wall0 += shift
+        if self._category is not _UNSET:
+            self._since += shift
+        self._pending = [(c, a + shift, b + shift, o, e) for c, a, b, o, e in self._pending]
+        self._anchored = True
+
     def _write(self, now: float, exited: bool = False) -> None:
         try:
             if self._cursor is None:
                 self._open()
             if self._inode is not None:
                 self._check_file()
-            wall = time.time()
+            # Once anchored (PostgreSQL), the stretch clock is the server's.
+            wall = self._clock(now) if self._anchored else self.clock()
             values = (
                 self._category_text,
                 self._since,
@@ -275,8 +329,10 @@ class Heartbeat:
             self.missed += 1
             self._contended = dbmod.is_busy(exc)
             self._last_write = -float("inf")
-            if isinstance(exc, _FileReplaced):
-                self._close_connection()  # the next write opens whatever is at the path now
+            if isinstance(exc, _FileReplaced) or self._broken():
+                # The next write opens whatever is at the path now, or a new connection to
+                # the server (restarted, failed over).
+                self._close_connection()
             if now - self._last_log >= config.MISSED_LOG_EVERY:
                 self._last_log = now
                 log.warning(
@@ -286,6 +342,10 @@ class Heartbeat:
         self._pending = []
         self._contended = False
         self._last_write = now
+
+    def _broken(self) -> bool:
+        driver = getattr(self._conn, "driver_connection", None)
+        return bool(getattr(driver, "broken", False) or getattr(driver, "closed", False))
 
     def _check_file(self) -> None:
         """Refuse to write into a deleted or replaced file: one stat, about a microsecond."""
@@ -300,8 +360,11 @@ class Heartbeat:
     def _store(self, values: tuple[Any, ...], stretches: list[tuple[Any, ...]]) -> None:
         """Write (category, category_since, last_heartbeat, exited_at, missed, lost): an
         UPDATE of this incarnation's row, or the upsert when there is none (its first beat, a
-        pruned row, or the portable path), and the closed `stretches`, in one transaction."""
+        pruned row), and the closed `stretches`, in one transaction."""
         cursor = self._cursor
+        if self._beat_sql is not None:
+            self._store_postgresql(values, stretches)
+            return
         if not stretches:
             self._status(cursor, values)
             return
@@ -313,6 +376,30 @@ class Heartbeat:
         except BaseException:
             self._rollback()
             raise
+
+    def _store_postgresql(self, values: tuple[Any, ...], stretches: list[tuple[Any, ...]]) -> None:
+        """One statement: the UPDATE of this incarnation's row, with the closed `stretches`
+        inserted in the same statement; the upsert after it when the row is not there."""
+        cursor = self._cursor
+        text, since, _wall, exited_at, missed, lost = values
+        update = (text, since, exited_at, missed, lost, *self._key)
+        if not stretches and exited_at is None:
+            # A plain beat commits without waiting for its WAL to reach the disk: a beat lost
+            # to a server crash is harmless (the next one says the same), and it costs the
+            # server a third of a synchronous one. Registration, transitions (they carry the
+            # stretches) and the exit stay synchronous.
+            cursor.execute(self._beat_sql, update)
+        else:
+            columns = list(zip(*stretches, strict=True)) if stretches else [()] * len(_STRETCH)
+            arrays = [list(c) for c in columns[2:]]  # category .. error
+            cursor.execute(self._update_sql, (self.worker_id, self._pid, *arrays, *update))
+        if cursor.rowcount == 1:
+            return
+        # Its first write, or the row was pruned: the stretches are in (inserting them again
+        # changes nothing), the row is written whole.
+        cursor.execute(
+            self._sql, (*self._row, text, since, _wall, self._started_at, exited_at, missed, lost)
+        )
 
     def _status(self, cursor: Any, values: tuple[Any, ...]) -> None:
         if self._update_sql is not None:
@@ -370,26 +457,6 @@ def _text(category: Any) -> str | None:
     return str(category)
 
 
-class _Portable:
-    """A cursor look-alike that writes through SQLAlchemy Core, for backends other than SQLite:
-    each write (a status statement, then its stretches) is one transaction."""
-
-    def __init__(self, conn: sa.Connection, dialect: str) -> None:
-        self.conn = conn
-        self.upsert, self.stretch = _upsert(dialect), _insert_stretch(dialect)
-        self.rowcount = 0
-
-    def execute(self, sql: str, row: tuple[Any, ...]) -> None:
-        if sql in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"):
-            return
-        with self.conn.begin():
-            self.conn.execute(self.upsert, dict(zip(_COLUMNS, row, strict=True)))
-
-    def executemany(self, _sql: str, rows: list[tuple[Any, ...]]) -> None:
-        with self.conn.begin():
-            self.conn.execute(self.stretch, [dict(zip(_STRETCH, r, strict=True)) for r in rows])
-
-
 def _insert(name: str) -> Any:
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
@@ -414,13 +481,28 @@ def _upsert(name: str) -> Any:
     )
 
 
-def _update() -> Any:
+def _update(*, server_clock: bool = False, asynchronous: bool = False) -> Any:
+    """This incarnation's row; with `server_clock` (PostgreSQL), last_heartbeat is the
+    server's clock, not a value; `asynchronous` also commits without waiting for the disk."""
     t = worker_status
-    return (
+    changed: dict[str, Any] = {c: sa.bindparam(c) for c in _UPDATED}
+    if server_clock or asynchronous:
+        changed["last_heartbeat"] = db_now()
+    stmt = (
         sa.update(t)
         .where(*(t.c[c] == sa.bindparam(c) for c in _KEY))
-        .values({**{c: sa.bindparam(c) for c in _UPDATED}, "beats": t.c.beats + _ONE})
+        .values({**changed, "beats": t.c.beats + _ONE})
     )
+    if asynchronous:
+        # set_config(..., true) lasts until the end of the statement's own transaction, whose
+        # commit it governs: one statement, no SET LOCAL round trip.
+        setting = sa.select(
+            sa.func.set_config(
+                sa.literal_column("'synchronous_commit'"), sa.literal_column("'off'"), sa.true()
+            ).label("value")
+        ).subquery("async_commit")
+        stmt = stmt.where(setting.c.value.is_not(None))
+    return stmt
 
 
 def _insert_stretch(name: str) -> Any:
@@ -450,4 +532,14 @@ _COLUMNS = (
 # What a beat changes, in the order of a write's values.
 _UPDATED = ("category", "category_since", "last_heartbeat", "exited_at", "missed", "lost")
 _KEY = ("worker_id", "pid", "started_at")  # one incarnation's row
+_UPDATED_PG = tuple(c for c in _UPDATED if c != "last_heartbeat")  # the server's clock there
 _STRETCH = ("worker_id", "pid", "category", "started", "ended", "outcome", "error")
+# The stretches a write closed, in the statement that writes the row: one worker id and pid,
+# then an array per column.
+_CLOSED_CTE = (
+    "WITH closed AS (INSERT INTO worker_stretches "
+    f"({', '.join(_STRETCH)}) "
+    "SELECT %s, %s, * FROM unnest("
+    "%s::text[], %s::double precision[], %s::double precision[], %s::text[], %s::text[]) "
+    "ON CONFLICT (worker_id, started) DO NOTHING) "
+)

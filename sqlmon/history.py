@@ -7,8 +7,7 @@ instant leaves either the whole cycle or none of it.
 from __future__ import annotations
 
 import json
-import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from . import db as dbmod
 from . import liveness, procs, stretches
 from .db import Prepared
+from .dialects import greatest, insert, least
 from .errors import LeaseLost
 from .monitor import Close, Cycle, Event, Judged, WorkerRow
 from .schema import (
@@ -34,21 +35,56 @@ from .schema import (
 from .states import Outcome
 
 FOLD_BATCH = 5000  # stretches folded into the totals per cycle, at most
+NO_BOUND = 2**62  # an id above every id
 _WORKERS = Prepared(sa.select(*(worker_status.c[f] for f in WorkerRow._fields)))
+_ws = worker_stretches.c
 _NEW_STRETCHES = Prepared(
-    f"SELECT {', '.join(stretches.Stretch._fields)} FROM worker_stretches "
-    f"WHERE id > ? ORDER BY id LIMIT {FOLD_BATCH}"
+    sa.select(*(_ws[f] for f in stretches.Stretch._fields))
+    .where(_ws.id > sa.bindparam("after"), _ws.id <= sa.bindparam("upto"))
+    .order_by(_ws.id)
+    .limit(sa.literal_column(str(FOLD_BATCH)))
+    .offset(sa.literal_column("0")),  # SQLite would bind an OFFSET of its own
+    ("after", "upto"),
 )
+_LAST_STRETCH = Prepared(sa.select(sa.func.coalesce(sa.func.max(_ws.id), 0)))
 
 
 def read_workers(conn: Connection) -> list[WorkerRow]:
     return list(map(WorkerRow._make, _WORKERS.rows(conn)))
 
 
-def new_stretches(conn: Connection, after: int) -> list[stretches.Stretch]:
-    """The stretches recorded since id `after`, oldest first, at most FOLD_BATCH of them."""
+def new_stretches(conn: Connection, after: int, upto: int = NO_BOUND) -> list[stretches.Stretch]:
+    """The stretches recorded since id `after` up to id `upto`, oldest first, at most
+    FOLD_BATCH of them."""
     # Plain tuples in Stretch's order: a cycle may read thousands, and fold unpacks them.
-    return _NEW_STRETCHES.rows(conn, (after,))  # type: ignore[return-value]
+    return _NEW_STRETCHES.rows(conn, (after, upto))  # type: ignore[return-value]
+
+
+class FoldHorizon:
+    """How far the fold may go without passing a stretch that is yet to commit.
+
+    On SQLite ids commit in order (one writer at a time), so every id seen is final. On
+    PostgreSQL an insert takes its id before it commits, so id 11 can be visible while id 10
+    is still on its way; a cursor moved past 11 would skip 10 for good. So the fold only goes
+    up to the highest id that was already visible `settle` s ago: every id below it was taken
+    before then, by an insert that has committed or failed since, since no worker statement
+    runs that long (statement_timeout). The totals lag by `settle`; the report adds the
+    stretches past the cursor, so it does not.
+    """
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self._seen: deque[tuple[float, int]] = deque()  # (monotonic s, highest id visible)
+        self._upto = 0
+
+    def upto(self, conn: Connection, mono: float) -> int:
+        """Inside the read transaction: the id the fold may go up to."""
+        if self.settle <= 0:
+            return NO_BOUND
+        self._seen.append((mono, int(_LAST_STRETCH.rows(conn)[0][0])))
+        while self._seen and mono - self._seen[0][0] >= self.settle:
+            self._upto = max(self._upto, self._seen.popleft()[1])
+        return self._upto
 
 
 def windows(conn: Connection, limit: int = 20) -> list[stretches.Window]:
@@ -85,10 +121,11 @@ def acquire(
     """Inside a write transaction: take the lease when no live scheduler holds it, open a run
     and say not idle. Returns (run id, term, ids of earlier runs found unended, now ended as
     vanished, the run's start), or the row of the scheduler that holds the lease. `now`
-    defaults to the clock, read after the row (a row renewed meanwhile must not look expired).
-    """
+    defaults to the database's clock, read after the row (a lease renewed meanwhile must not
+    look expired)."""
     row = liveness.read(conn)
-    now = time.time() if now is None else now
+    if now is None:
+        now = dbmod.clock(conn)
     if row is not None and not _lease_free(row, now, me):
         return row
     term = (row.term if row is not None else 0) + 1
@@ -309,9 +346,9 @@ _STATE = (
 _UPDATE_STATE = Prepared(
     sa.update(scheduler_state)
     .where(scheduler_state.c.id == sa.literal_column("1"))
-    .where(scheduler_state.c.term == sa.bindparam("term"))
+    .where(scheduler_state.c.term == sa.bindparam("held_term"))
     .values(run_id=sa.bindparam("run_id"), **{n: sa.bindparam(n) for n in _STATE}),
-    ("run_id", *_STATE, "term"),
+    ("run_id", *_STATE, "held_term"),
 )
 _FOLDED = Prepared(
     sa.update(scheduler_state)
@@ -322,12 +359,11 @@ _FOLDED = Prepared(
 
 
 def _upsert(table: sa.Table, names: tuple[str, ...], key: tuple[str, ...], set_: Any) -> Prepared:
-    from sqlalchemy.dialects.sqlite import insert
+    def build(dialect: str) -> Any:
+        stmt = insert(table, dialect).values({n: sa.bindparam(n) for n in names})
+        return stmt.on_conflict_do_update(index_elements=list(key), set_=set_(stmt.excluded))
 
-    stmt = insert(table).values({n: sa.bindparam(n) for n in names})
-    return Prepared(
-        stmt.on_conflict_do_update(index_elements=list(key), set_=set_(stmt.excluded)), names
-    )
+    return Prepared(build, names)
 
 
 _TOTAL_KEY = ("run_id", "worker_id", "category", "state", "outcome")
@@ -339,8 +375,8 @@ _ADD_TOTALS = _upsert(
     lambda ex: {
         "n": _t.n + ex.n,
         "seconds": _t.seconds + ex.seconds,
-        "first_started": sa.func.min(_t.first_started, ex.first_started),
-        "last_ended": sa.func.max(_t.last_ended, ex.last_ended),
+        "first_started": least(_t.first_started, ex.first_started),
+        "last_ended": greatest(_t.last_ended, ex.last_ended),
     },
 )
 _JUDGED = ("worker_id", "pid", "started_at", "state", "since", "evidence", "detail", "run_id")
@@ -348,12 +384,14 @@ _JUDGE = _upsert(worker_states, _JUDGED, ("worker_id",), lambda ex: {n: ex[n] fo
 
 
 def _close_stmt() -> Prepared:
-    from sqlalchemy.dialects.sqlite import insert
-
     names = ("worker_id", "pid", "category", "started", "ended", "outcome")
-    stmt = insert(worker_stretches).values({n: sa.bindparam(n) for n in names})
-    # Closed once: a stretch the worker itself closed meanwhile keeps the worker's record.
-    return Prepared(stmt.on_conflict_do_nothing(), names)
+
+    def build(dialect: str) -> Any:
+        stmt = insert(worker_stretches, dialect).values({n: sa.bindparam(n) for n in names})
+        # Closed once: a stretch the worker itself closed meanwhile keeps the worker's record.
+        return stmt.on_conflict_do_nothing()
+
+    return Prepared(build, names)
 
 
 _CLOSE = _close_stmt()

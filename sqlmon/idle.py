@@ -45,13 +45,14 @@ def wait_idle(
     (time for a scheduler started just before the call to write its first row). `since`
     defaults to the moment of the call, so work enqueued just before it is never missed.
     """
-    since = time.time() if since is None else since
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     seen_alive = False
     engine = _engine(db)
     try:
         with engine.connect() as conn:
+            # On the database's clock, which the scheduler's verdict is stamped with.
+            since = dbmod.clock(conn) if since is None else since
             while True:
                 row, now = liveness.observe(conn)
                 verdict = liveness.idle_verdict(row, now, since)

@@ -10,7 +10,6 @@ the future.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,10 +70,11 @@ def read(conn: Connection) -> SchedulerRow | None:
 
 
 def observe(conn: Connection) -> tuple[SchedulerRow | None, float]:
-    """The idle row from one read transaction, and the time read after it."""
+    """The idle row from one read transaction, and the time read after it, on the database's
+    clock (the one the scheduler writes with)."""
     with dbmod.read(conn):
         row = read(conn)
-    return row, time.time()
+    return row, dbmod.clock(conn)
 
 
 def judge(

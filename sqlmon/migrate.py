@@ -43,6 +43,7 @@ def init_db(db: str | os.PathLike[str] | URL, *, file_mode: int = config.DB_FILE
     engine = dbmod.engine(url, "admin", file_mode=file_mode)
     try:
         with engine.connect() as conn, dbmod.write(conn):
+            dbmod.lock_schema(conn)  # two processes initialising at once: one migrates
             if _known(conn, url) == HEAD:
                 return
             cfg = Config()

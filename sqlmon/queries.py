@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,7 +102,7 @@ def status(conn: Connection, now: float | None = None, host: str | None = None) 
     snapshot's backlog. Call inside db.read; `now` defaults to the clock, read after the first
     read of the transaction (so after its snapshot)."""
     sched = liveness.read(conn)
-    now = time.time() if now is None else now
+    now = dbmod.clock(conn) if now is None else now
     verdict = liveness.judge(sched, now, host=host)
     snap = conn.execute(
         sa.select(snapshots.c.id, snapshots.c.ts, snapshots.c.cycle)
@@ -235,7 +234,7 @@ def list_runs(conn: Connection, now: float | None = None) -> list[RunLine]:
         .subquery()
     )
     live = liveness.read(conn)
-    now = time.time() if now is None else now
+    now = dbmod.clock(conn) if now is None else now
     running = live.run_id if live is not None and liveness.judge(live, now).alive else None
     out = []
     for r in conn.execute(

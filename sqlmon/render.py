@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .durations import format_length, format_time, iso_time
-from .queries import EventLine, RunLine, SnapshotLine, Status
+from .eventlog import EventLine
+from .queries import RunLine, SnapshotLine, Status
 from .report import Report
 
 FORMATS = ("table", "json", "csv")

@@ -208,6 +208,11 @@ class Scheduler(multiprocessing.Process):
         s = self.settings
         self._ttl = config.fresh_for(s["interval"])
         me = history.Me(os.getpid(), procs.start_time(os.getpid()), self._host)
+        # On PostgreSQL the lease, the idle row and the history are on the server's clock,
+        # which every host shares; on SQLite that is this host's clock.
+        self._horizon = history.FoldHorizon(
+            0.0 if self._engine.dialect.name == "sqlite" else config.PG_FOLD_SETTLE
+        )
         told = False
         while True:
             # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
@@ -275,12 +280,14 @@ class Scheduler(multiprocessing.Process):
         )
         return self.run_id
 
-    def read(self, now: float) -> Observation:
+    def read(self, now: float, mono: float | None = None) -> Observation:
         """worker_status and the backlog, each from one consistent snapshot."""
+        mono = time.monotonic() if mono is None else mono
         try:
             with dbmod.read(self._conn):
                 workers = history.read_workers(self._conn)
-                new = history.new_stretches(self._conn, self._folded)
+                upto = self._horizon.upto(self._conn, mono)
+                new = history.new_stretches(self._conn, self._folded, upto)
                 if self._task_conn is None:
                     counts, high = self.backlog.read(self._conn)
             if self._task_conn is not None:
@@ -298,13 +305,18 @@ class Scheduler(multiprocessing.Process):
         if not self._opened:
             raise RuntimeError("Scheduler.open() first")
         started = time.perf_counter()
-        now = time.time() if now is None else now
         mono = time.monotonic() if mono is None else mono
+        try:
+            now = dbmod.clock(self._conn) if now is None else now
+        except sa.exc.DatabaseError as exc:
+            # The server is unreachable: the read below fails the same way and says why.
+            self.errors[f"clock: {describe(exc)}"] += 1
+            now = time.time()
         if _inode(self._path) != self._inode:
             # Never write into a deleted inode, nor a run into a file that is not its own.
             self._leading = False
             raise DatabaseError(f"{self._path}: the database file was deleted or replaced")
-        obs = self.read(now)
+        obs = self.read(now, mono)
         cycle = self.monitor.judge(obs, now, mono)
         stop_seen = self.stop_event is not None and self.stop_event.is_set()
         # The stretches recorded since the last fold, added to the runs' totals with the cycle.
@@ -407,8 +419,9 @@ class Scheduler(multiprocessing.Process):
         if not self._opened:
             return
         self._opened = False
-        now = time.time() if now is None else now
         try:
+            if now is None:
+                now = dbmod.clock(self._conn)
             if getattr(self, "_leading", False):
                 dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
                 with dbmod.write(self._conn):

@@ -1,7 +1,9 @@
-"""Shared fixtures: real SQLite files in tmp_path, never a mocked database."""
+"""Shared fixtures: real SQLite files in tmp_path and a real PostgreSQL server (tests/pg.py),
+never a mocked database."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from sqlmon import init_db
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 
 
 @pytest.fixture
@@ -20,8 +24,81 @@ def db(tmp_path: Path) -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[object]:
+    """A PostgreSQL server for the session: SQLMON_TEST_PG_URL's, or a throwaway cluster.
+    Without a server the PostgreSQL tests are skipped, except in CI, where they fail."""
+    from . import pg
+
+    attach = os.environ.get("SQLMON_TEST_PG_URL")
+    if attach:
+        yield pg.Databases(pg.attached(attach))
+        return
+    if pg.server_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs PostgreSQL: .ci/run installs Debian's postgresql")
+        pytest.skip("no PostgreSQL server installed")
+    with pg.cluster() as server:
+        yield pg.Databases(server)
+
+
+@pytest.fixture
+def pg_url(pg_databases) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    name = pg_databases.create(initialised=False)
+    try:
+        yield pg_databases.server.url(name)
+    finally:
+        pg_databases.drop(name)
+
+
+@pytest.fixture
+def pg_db(pg_databases) -> Iterator[str]:
+    """The URL of a fresh, initialised PostgreSQL database (a copy of a migrated template)."""
+    name = pg_databases.create(initialised=True)
+    try:
+        yield pg_databases.server.url(name)
+    finally:
+        pg_databases.drop(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def any_db(request, tmp_path: Path) -> str:
+    """An initialised database on each backend: a file path, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "sqlmon.db")
+        init_db(path)
+        return path
+    return request.getfixturevalue("pg_db")
+
+
+def is_pg(db: str) -> bool:
+    return db.startswith("postgresql")
+
+
+@contextmanager
+def _pg(url: str) -> Iterator[object]:
+    import psycopg
+    import sqlalchemy as sa
+
+    u = sa.make_url(url)
+    with psycopg.connect(
+        host=u.query["host"],
+        port=int(u.query["port"]),
+        user=u.username,
+        dbname=u.database,
+        autocommit=True,
+    ) as conn:
+        yield conn
+
+
 def sql(path: str, query: str, params: tuple = ()) -> list[tuple]:
-    """Read with the plain sqlite3 module: tests judge sqlmon by the file, not by its own view."""
+    """Read with the plain driver (sqlite3, or psycopg for a URL; `?` placeholders either way):
+    tests judge sqlmon by what is stored, not by its own view."""
+    if is_pg(path):
+        with _pg(path) as conn:
+            rows = conn.execute(query.replace("?", "%s"), params or None).fetchall()
+            return [tuple(r) for r in rows]
     conn = sqlite3.connect(path)
     try:
         return conn.execute(query, params).fetchall()
@@ -30,6 +107,14 @@ def sql(path: str, query: str, params: tuple = ()) -> list[tuple]:
 
 
 def execute(path: str, query: str, params: tuple | list = ()) -> None:
+    if is_pg(path):
+        with _pg(path) as pgconn, pgconn.cursor() as cur:
+            q = query.replace("?", "%s")
+            if params and isinstance(params, list):
+                cur.executemany(q, params)
+            else:
+                cur.execute(q, params)
+        return
     conn = sqlite3.connect(path)
     try:
         with conn:

@@ -111,3 +111,21 @@ def busy_then_hang(db: str, worker_id: str, started) -> None:
     with hb.busy("STUCK"):
         started.put(time.time())
         time.sleep(3600)
+
+
+def _skewed(offset: float) -> float:
+    return time.time() + offset
+
+
+def beat_as(db: str, worker_id: str, host: str, skew: float, category: str | None, stop):
+    """A worker on another host (by name) whose wall clock is `skew` s off; beats every 0.1 s
+    until `stop` is set, then closes."""
+    import functools
+
+    hb = Heartbeat(
+        db, worker_id, "cpu", min_interval=0.0, host=host, clock=functools.partial(_skewed, skew)
+    )
+    while not stop.is_set():
+        hb.beat(category)
+        stop.wait(0.1)
+    hb.close()

@@ -50,9 +50,9 @@ WITH stretch AS (
 )
 SELECT r.run_id, s.worker_id, s.category,
        CASE WHEN s.category IS NULL THEN 'idle' ELSE 'busy' END AS state,
-       max(s.started, r.started_at) AS started,
-       min(COALESCE(s.ended, r.ended_at), r.ended_at) AS ended,
-       min(COALESCE(s.ended, r.ended_at), r.ended_at) - max(s.started, r.started_at) AS seconds,
+       {max}(s.started, r.started_at) AS started,
+       {min}(COALESCE(s.ended, r.ended_at), r.ended_at) AS ended,
+       {min}(COALESCE(s.ended, r.ended_at), r.ended_at) - {max}(s.started, r.started_at) AS seconds,
        s.outcome, s.error, s.pid
 FROM stretch AS s
 JOIN run_windows AS r
@@ -74,6 +74,15 @@ FROM (
 JOIN runs ON runs.run_id = changes.run_id
 WHERE event NOT IN ('exited', 'dead')
 """
+
+
+# The two-argument max() and min() of SQLite are GREATEST() and LEAST() on PostgreSQL.
+_EXTREMES = {"postgresql": {"max": "GREATEST", "min": "LEAST"}}
+
+
+def _for_dialect(sql: str) -> str:
+    names = _EXTREMES.get(op.get_bind().dialect.name, {"max": "max", "min": "min"})
+    return sql.format(**names)
 
 
 def upgrade() -> None:
@@ -131,7 +140,7 @@ def upgrade() -> None:
     )
     op.execute("DROP VIEW worker_intervals")
     op.execute(RUN_WINDOWS)
-    op.execute(WORKER_INTERVALS)
+    op.execute(_for_dialect(WORKER_INTERVALS))
 
 
 def downgrade() -> None:

@@ -1,0 +1,144 @@
+"""A throwaway PostgreSQL cluster for the tests, and a fresh database per test.
+
+The cluster lives in a temporary directory, listens only on a Unix socket there, runs with
+fsync off, and is stopped and deleted at the end of the session. initdb and pg_ctl refuse to
+run as root, and CI runs as root: they then run as the `postgres` user, in a directory it owns.
+SQLMON_TEST_PG_URL (a server someone else runs, as pytest-postgresql's `postgresql_noproc`
+attaches to one) skips all that; each test still gets its own database there.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+import sqlalchemy as sa
+
+PORT = 5432  # only names the socket file: the socket directory is the cluster's own
+TEMPLATE = "sqlmon_template"  # migrated once; each test's database is a copy of it
+
+
+def server_bin() -> str | None:
+    """The newest PostgreSQL server's bin directory (Debian keeps them off PATH)."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
+    return os.path.dirname(found[-1]) if found else None
+
+
+@dataclass
+class Server:
+    """Where to reach a running server, as libpq keywords."""
+
+    host: str  # a socket directory, or a host name
+    port: int
+    user: str
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql+psycopg://{self.user}@/{dbname}?host={self.host}&port={self.port}"
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname=dbname, autocommit=True
+        )
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    # The server refuses root; a developer's own account runs it as it is.
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@contextmanager
+def cluster(*, fsync: bool = False, parent: str | None = None) -> Iterator[Server]:
+    """Start a private cluster (in a new directory under `parent`); stop and delete it on the
+    way out. Without fsync unless asked: the tests need no durability, the benchmark does."""
+    bindir = server_bin()
+    if bindir is None:
+        raise RuntimeError(
+            "no PostgreSQL server in /usr/lib/postgresql (apt-get install postgresql)"
+        )
+    top = tempfile.mkdtemp(prefix="sqlmon-pg-", dir=parent)
+    data, sock = os.path.join(top, "data"), os.path.join(top, "sock")
+    os.mkdir(sock)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        for path in (top, sock):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    log = os.path.join(top, "server.log")
+    run = dict(check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        _as_postgres(
+            [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "-N"]
+        ),
+        **run,
+    )
+    options = (
+        f"{'' if fsync else '-F '}-k {sock} -p {PORT} -c listen_addresses='' "
+        "-c max_connections=200 -c shared_buffers=32MB -c track_commit_timestamp=off"
+    )
+    subprocess.run(
+        _as_postgres(
+            [f"{bindir}/pg_ctl", "start", "-w", "-t", "60", "-D", data, "-l", log, "-o", options]
+        ),
+        **run,
+    )
+    try:
+        yield Server(sock, PORT, "postgres")
+    finally:
+        subprocess.run(
+            _as_postgres([f"{bindir}/pg_ctl", "stop", "-D", data, "-m", "immediate", "-w"]),
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def attached(url: str) -> Server:
+    """A server someone else runs, from a libpq-style SQLAlchemy URL."""
+    u = sa.make_url(url)
+    host = u.query.get("host") or u.host or "localhost"
+    return Server(str(host), int(u.query.get("port") or u.port or PORT), u.username or "postgres")
+
+
+class Databases:
+    """Fresh databases on one server: empty ones, or copies of a migrated template."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._n = itertools.count()
+        self._template_ready = False
+        self._prefix = f"sqlmon_t{os.getpid()}_"
+
+    def create(self, *, initialised: bool) -> str:
+        name = f"{self._prefix}{next(self._n)}"
+        with self.server.connect() as conn:
+            if initialised:
+                self._ensure_template(conn)
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+            else:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def _ensure_template(self, conn: psycopg.Connection) -> None:
+        if self._template_ready:
+            return
+        from sqlmon import init_db
+
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        init_db(self.server.url(TEMPLATE))  # disposes its engine: nobody stays connected
+        self._template_ready = True
+
+    def drop(self, name: str) -> None:
+        # FORCE: a test that failed half-way may leave a process connected.
+        with self.server.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
