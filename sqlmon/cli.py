@@ -1,7 +1,7 @@
 """The `sqlmon` command. It imports the library; the library never imports it."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: typer would eval each annotation's text at
+# every start, 6 ms of a command's start-up.
 import logging
 import os
 import shutil
@@ -17,6 +17,7 @@ import typer
 
 from . import config, queries
 from . import db as dbmod
+from .backlog import TaskTable
 from .errors import SqlmonError
 
 app = typer.Typer(
@@ -63,6 +64,9 @@ def init(db: DbArg) -> None:
     typer.echo(f"initialised {dbmod.url_text(db)}")
 
 
+_TASKS = TaskTable()  # the bundled table: the defaults the task table options show
+
+
 @app.command()
 def run(
     db: DbArg,
@@ -94,16 +98,17 @@ def run(
         float, typer.Option(metavar="SECONDS", min=0.0, help="Between HUD lines, at least.")
     ] = config.HUD_EVERY,
     task_table: Annotated[
-        str | None, typer.Option(metavar="NAME", help="The pipeline's task table [tasks].")
+        str | None,
+        typer.Option(metavar="NAME", help=f"The pipeline's task table [{_TASKS.table}]."),
     ] = None,
     category_column: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Its category column [category].")
+        str | None, typer.Option(metavar="NAME", help=f"Its category column [{_TASKS.category}].")
     ] = None,
     status_column: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Its status column [status].")
+        str | None, typer.Option(metavar="NAME", help=f"Its status column [{_TASKS.status}].")
     ] = None,
     pool_column: Annotated[
-        str | None, typer.Option(metavar="NAME", help="Its pool column [pool].")
+        str | None, typer.Option(metavar="NAME", help=f"Its pool column [{_TASKS.pool}].")
     ] = None,
     pools: Annotated[
         str | None,
@@ -113,14 +118,22 @@ def run(
         ),
     ] = None,
     pending: Annotated[
-        str | None, typer.Option(metavar="V,...", help="Status values that count as pending.")
+        str | None,
+        typer.Option(
+            metavar="V,...", help=f"Status values that count as pending [{_TASKS.pending[0]}]."
+        ),
     ] = None,
     running: Annotated[
-        str | None, typer.Option(metavar="V,...", help="Status values that count as running.")
+        str | None,
+        typer.Option(
+            metavar="V,...", help=f"Status values that count as running [{_TASKS.running[0]}]."
+        ),
     ] = None,
     id_column: Annotated[
         str | None,
-        typer.Option(metavar="NAME", help="A column whose maximum only grows [id]; none: no such."),
+        typer.Option(
+            metavar="NAME", help=f"A column whose maximum only grows [{_TASKS.id}]; none: no such."
+        ),
     ] = None,
     task_db: Annotated[
         str | None,
@@ -135,7 +148,6 @@ def run(
     """
     import logging
 
-    from .backlog import TaskTable
     from .scheduler import Scheduler
 
     if hud not in ("line", "full", "off"):
@@ -341,8 +353,15 @@ def _moment(option: str, text: str | None, now: float) -> float | None:
 
 
 def _run(conn: sa.Connection, run_id: int | None, now: float) -> queries.RunLine:
-    with dbmod.read(conn):
-        return queries.find_run(conn, now, run_id)
+    """The run asked for, or the latest; with no run at all yet, say so and end with exit 0."""
+    try:
+        with dbmod.read(conn):
+            return queries.find_run(conn, now, run_id)
+    except queries.NoRuns as exc:
+        if run_id is not None:
+            raise
+        typer.echo(str(exc))
+        raise typer.Exit(0) from None
 
 
 @app.command()
@@ -351,6 +370,9 @@ def status(db: DbArg, fmt: FormatOpt = "table") -> None:
     from .render import status_text
 
     fmt = _format(fmt)
+    if fmt == "csv":
+        # Four sections of different shapes: one CSV of them would drop or garble some.
+        fail("status has no csv form (its sections differ in shape): use -f json")
     with inspecting(db) as conn, dbmod.read(conn):
         st = queries.status(conn)
     typer.echo(status_text(st, fmt))
@@ -359,33 +381,65 @@ def status(db: DbArg, fmt: FormatOpt = "table") -> None:
 @app.command()
 def watch(
     db: DbArg,
-    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between redraws.")] = 1.0,
+    interval: Annotated[
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Between redraws.")
+    ] = config.INTERVAL,
     count: Annotated[
-        int, typer.Option(min=0, help="Stop after this many redraws (0: until Ctrl-C).")
+        int,
+        typer.Option(min=0, metavar="N", help="Stop after this many redraws (0: until Ctrl-C)."),
     ] = 0,
 ) -> None:
-    """`status`, redrawn in place every interval until Ctrl-C, while the pipeline runs."""
-    from .render import status_text
+    """`status`, redrawn in place every interval until Ctrl-C, while the pipeline runs.
+
+    On a terminal each page fits the window: the scheduler and idle lines on top, the tables
+    cut to what fits ("+N more"), stale and dead workers in red (NO_COLOR is honoured).
+    Started before the database exists, it waits for it.
+    """
+    from .render import status_text, watch_page
 
     redraw = sys.stdout.isatty()
+    colour = _colour_allowed()
     shown = 0
     try:
+        _wait_for_database(db, interval)
         with inspecting(db) as conn:
             while True:
                 # One short read transaction per redraw: a held one would pin the WAL.
                 with dbmod.read(conn):
                     st = queries.status(conn)
-                page = status_text(st)
                 if redraw:
-                    typer.echo("\x1b[H\x1b[2J" + page, nl=True)
+                    size = shutil.get_terminal_size()
+                    page = watch_page(st, size.columns, size.lines, colour)
+                    typer.echo("\x1b[H\x1b[2J" + page, color=colour)
                 else:
-                    typer.echo(page + "\n")
+                    typer.echo(status_text(st) + "\n")
                 shown += 1
                 if count and shown >= count:
                     return
                 time.sleep(interval)
     except KeyboardInterrupt:
-        return
+        _interrupted()
+
+
+def _wait_for_database(db: str, interval: float) -> None:
+    """Until the database exists and is initialised; other bad input fails at once."""
+    from .errors import DatabaseMissing, NotInitialised
+    from .migrate import check_database
+
+    told = False
+    while True:
+        try:
+            check_database(db)
+            return
+        except (DatabaseMissing, NotInitialised) as exc:
+            if not told:
+                typer.echo(f"waiting for the database: {exc}", err=True)
+                told = True
+        except SqlmonError as exc:
+            fail(str(exc))
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError):
+            return  # not a file this can wait for: `inspecting` says what is wrong with it
+        time.sleep(interval)
 
 
 @app.command()
@@ -399,7 +453,7 @@ def runs(db: DbArg, fmt: FormatOpt = "table") -> None:
     fmt = _format(fmt)
     with inspecting(db) as conn, dbmod.read(conn):
         rows = queries.list_runs(conn)
-    typer.echo(runs_text(rows, fmt))
+    typer.echo(queries.NO_RUNS if not rows and fmt == "table" else runs_text(rows, fmt))
 
 
 @app.command()
@@ -420,7 +474,12 @@ def history(
         chosen = _run(conn, run, now)
         with dbmod.read(conn):
             rows = queries.history(conn, chosen.run_id, since=start, until=end, limit=limit)
+            total = len(rows)
+            if limit and total == limit:
+                total = queries.history_count(conn, chosen.run_id, since=start, until=end)
     typer.echo(history_text(rows, fmt))
+    if total > len(rows):
+        typer.echo(f"{len(rows)} of {total} shown; --limit 0 for all", err=True)
 
 
 @app.command()
@@ -601,7 +660,7 @@ def prune(
     ],
     dry_run: Annotated[bool, typer.Option(help="Only say what would go.")] = False,
 ) -> None:
-    """Delete the history of older runs, in batches; never the current run's.
+    """Delete the history of older runs, in batches; the latest run is always kept.
 
     Snapshots, their counts, worker events, stretch totals and run rows go, and the worker
     stretches that end before the oldest run left; the task table and worker_status stay.

@@ -104,6 +104,8 @@ def engine(
     forks.require_clean(path)
     if role in ("admin", "scheduler"):
         preflight(path, warn=True)
+    if role == "scheduler":
+        guards.tell_sqlite_version()  # a scheduler starting: where the WAL-reset notice matters
     if role == "admin" and not os.path.exists(path):
         guards.create_owner_only(path, file_mode)
     uri = URL.create(
@@ -119,11 +121,12 @@ def engine(
 def preflight(db: str | os.PathLike[str] | URL, *, warn: bool) -> None:
     """The environment guards for a process that will write the database (SQLite's version,
     a local filesystem, writable -wal / -shm files); raise DatabaseError with the fix.
-    `warn` logs the once-per-process warnings: for whoever starts the monitor, not each worker."""
+    `warn` logs the world-writable directory warning: for whoever starts the monitor, not
+    each worker."""
     path = sqlite_path(to_url(db))
     if path is None:
         return
-    guards.require_sqlite(warn=warn)
+    guards.require_sqlite()
     guards.require_local_filesystem(path)
     guards.require_writable_sidecars(path)
     if warn:

@@ -38,6 +38,7 @@ _SIDECAR_LOOKS = 3
 _SIDECAR_PAUSE = 0.005
 
 _version_checked = False
+_version_told = False
 _warned_dirs: set[str] = set()
 
 
@@ -60,24 +61,33 @@ def sqlite_problem(version: tuple[int, int, int]) -> tuple[str | None, str | Non
         )
     if has_wal_reset_bug(version):
         return None, (
-            f"SQLite {shown} has the WAL-reset bug that can corrupt a WAL database under "
-            "concurrent checkpoints and writes (fixed in 3.51.3, 3.50.7 and 3.44.6); "
-            "sqlmon works on it, but upgrading libsqlite3 is advised"
+            f"SQLite {shown}, which this Python is linked to, has the WAL-reset bug that can "
+            "corrupt a WAL database when a checkpoint races a writer; sqlmon's scheduler avoids "
+            "the checkpoint pattern that triggers it, but other connections to the database may "
+            "not: install a Python linked to SQLite >= 3.51.3 (or 3.50.7 / 3.44.6)"
         )
     return None, None
 
 
-def require_sqlite(warn: bool) -> None:
-    """Check the linked SQLite once per process: raise below the minimum, warn once if `warn`."""
+def require_sqlite() -> None:
+    """Raise below the SQLite version sqlmon needs (checked once per process)."""
     global _version_checked
     if _version_checked:
         return
-    error, warning = sqlite_problem(sqlite3.sqlite_version_info)
+    error, _ = sqlite_problem(sqlite3.sqlite_version_info)
     if error:
         raise DatabaseError(error)
-    if not warn:
-        return  # the warning is for whoever starts the monitor, not for every worker process
     _version_checked = True
+
+
+def tell_sqlite_version() -> None:
+    """Log the WAL-reset notice, at most once per process: called where it matters (init_db
+    creating a database, a scheduler starting), never by workers or inspection commands."""
+    global _version_told
+    if _version_told:
+        return
+    _version_told = True
+    _, warning = sqlite_problem(sqlite3.sqlite_version_info)
     if warning:
         log.warning("%s", warning)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
-from . import config
+from . import config, guards
 from . import db as dbmod
 from .errors import DatabaseError, NotInitialised, SchemaTooNew, SchemaTooOld
 from .schema import HEAD, REVISIONS, VERSION_TABLE
@@ -44,8 +44,11 @@ def init_db(db: str | os.PathLike[str] | URL, *, file_mode: int = config.DB_FILE
     try:
         with engine.connect() as conn, dbmod.write(conn):
             dbmod.lock_schema(conn)  # two processes initialising at once: one migrates
-            if _known(conn, url) == HEAD:
+            current = _known(conn, url)
+            if current == HEAD:
                 return
+            if current is None:
+                guards.tell_sqlite_version()  # a database is being created: say it once, here
             cfg = Config()
             cfg.set_main_option("script_location", str(migrations_dir()))
             cfg.attributes["connection"] = conn
@@ -110,13 +113,32 @@ def describe(exc: sa.exc.DatabaseError) -> str:
 
 
 def _known(conn: Connection, url: URL) -> str | None:
-    """The schema revision, None for an empty database; raise for a foreign or newer one."""
+    """The schema revision, None before sqlmon's tables exist; raise for a newer one, or for
+    a database that already has a table of sqlmon's name that is not sqlmon's."""
     current = _version(conn)
     if current is not None and current not in REVISIONS:
         raise SchemaTooNew(_too_new(url, current))
-    if current is None and _has_foreign_tables(conn):
-        raise DatabaseError(f"{_name(url)}: not a sqlmon database (it has other tables)")
+    if current is None:
+        _refuse_clashes(conn, url)
     return current
+
+
+def _refuse_clashes(conn: Connection, url: URL) -> None:
+    """sqlmon's tables go beside an application's and never touch them; a table or view of
+    one of sqlmon's names, without sqlmon's version table, is the application's."""
+    from .schema import metadata
+
+    inspector = sa.inspect(conn)
+    have = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    for name in sorted(have & set(metadata.tables)):
+        theirs = [c["name"] for c in inspector.get_columns(name)]
+        ours = [c.name for c in metadata.tables[name].columns]
+        raise DatabaseError(
+            f"{_name(url)}: it already has a table {name!r} that is not sqlmon's (columns "
+            f"{', '.join(theirs)}; sqlmon's has {', '.join(ours)}); sqlmon adds its tables "
+            "beside an application's but needs that name: keep sqlmon in a file of its own "
+            "(TaskTable(database=...) can still read your task table)"
+        )
 
 
 def _version(conn: Connection) -> str | None:
@@ -127,7 +149,7 @@ def _version(conn: Connection) -> str | None:
 
 
 def _has_foreign_tables(conn: Connection) -> bool:
-    return bool(sa.inspect(conn).get_table_names())
+    return bool(sa.inspect(conn).get_table_names())  # before `sqlmon init` adds sqlmon's
 
 
 def _too_new(url: URL, current: str) -> str:

@@ -35,6 +35,13 @@ class UnknownRun(SqlmonError, LookupError):
     """No such run, or no run at all yet."""
 
 
+class NoRuns(UnknownRun):
+    """No run at all yet: an initialised database whose scheduler never started."""
+
+
+NO_RUNS = "no runs yet (a scheduler starts one: `sqlmon run DB`)"
+
+
 @contextmanager
 def connect(db: str | os.PathLike[str] | sa.URL) -> Iterator[Connection]:
     """A read-only connection to a checked sqlmon database; it never creates or writes the file.
@@ -268,7 +275,7 @@ def find_run(conn: Connection, now: float | None = None, run_id: int | None = No
     """The run asked for, or the latest; UnknownRun when there is none."""
     all_runs = list_runs(conn, now)
     if not all_runs:
-        raise UnknownRun("no runs yet (a scheduler starts one: `sqlmon run DB`)")
+        raise NoRuns(NO_RUNS if run_id is None else f"no run {run_id}: no runs yet")
     if run_id is None:
         return all_runs[-1]
     for r in all_runs:
@@ -305,14 +312,26 @@ def history(
     limit: int | None = None,
 ) -> list[SnapshotLine]:
     """A run's snapshots in time order; with `limit`, the latest that many."""
-    q = sa.select(*(snapshots.c[f] for f in SnapshotLine.__dataclass_fields__)).where(
-        snapshots.c.run_id == run_id
-    )
-    if since is not None:
-        q = q.where(snapshots.c.ts >= since)
-    if until is not None:
-        q = q.where(snapshots.c.ts <= until)
+    columns = (snapshots.c[f] for f in SnapshotLine.__dataclass_fields__)
+    q = _between(sa.select(*columns), run_id, since, until)
     q = q.order_by(snapshots.c.ts.desc(), snapshots.c.id.desc())
     if limit:
         q = q.limit(limit)
     return [SnapshotLine(*r) for r in reversed(conn.execute(q).all())]
+
+
+def history_count(
+    conn: Connection, run_id: int, *, since: float | None = None, until: float | None = None
+) -> int:
+    """How many snapshots `history` would list without a limit."""
+    q = _between(sa.select(sa.func.count()), run_id, since, until)
+    return int(conn.execute(q).scalar_one())
+
+
+def _between(q: sa.Select, run_id: int, since: float | None, until: float | None) -> sa.Select:
+    q = q.select_from(snapshots).where(snapshots.c.run_id == run_id)
+    if since is not None:
+        q = q.where(snapshots.c.ts >= since)
+    if until is not None:
+        q = q.where(snapshots.c.ts <= until)
+    return q

@@ -12,12 +12,13 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .durations import format_length, format_time, iso_time
-from .eventlog import EventLine
-from .queries import RunLine, SnapshotLine, Status
-from .report import Report
+from .queries import NO_RUNS, EventLine, RunLine, SnapshotLine, Status
+
+if TYPE_CHECKING:  # report.py costs a command that only shows the status 10 ms to import
+    from .report import Report
 
 FORMATS = ("table", "json", "csv")
 
@@ -184,6 +185,7 @@ def status_data(st: Status) -> dict[str, object]:
                 "category": w.category,
                 "state": w.state,
                 "beats": w.beats,
+                "busy_seconds": _seconds(_busy_for(w, st.now)),
                 "heartbeat_age_seconds": _seconds(st.now - w.last_heartbeat),
             }
             for w in st.workers
@@ -210,10 +212,42 @@ def status_text(st: Status, fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(status_data(st), indent=2)
     if fmt == "csv":
-        return listing(st.workers, _worker_columns(st.now), "csv")
+        raise ValueError("status has no csv form: its sections differ in shape")
+    if st.scheduler is None and not st.workers and not st.backlog:
+        return NO_RUNS
+    top, workers, backlog = _status_parts(st)
+    return "\n".join([*top, "", *workers, "", *backlog])
+
+
+def watch_page(st: Status, width: int, height: int, colour: bool = False) -> str:
+    """`status` fitted to a width x height terminal: the scheduler and idle lines always on
+    top, each line cut (never wrapped) to the width, the tables cut to the rows that fit with
+    "+N more", stale and dead workers in red with `colour`."""
+    if st.scheduler is None and not st.workers and not st.backlog:
+        return _clip(NO_RUNS, width)
+    top, workers, backlog = _status_parts(st)
+    room = max(height - 1 - len(top), 0)  # the last line stays free for the cursor
+    gaps, full = ["", ""], len(workers)
+    if len(workers) + len(backlog) + 2 > room:
+        gaps = []  # no blank lines when space is short
+        backlog = _cut(backlog, min(len(backlog), max(room // 3, 5)))
+        workers = _cut(workers, room - len(backlog))
+    shown = len(workers) - 3 - (len(workers) < full)  # table rows left above "+N more"
+    red = {i + 3 for i, w in enumerate(st.workers[: max(shown, 0)]) if w.state in ("stale", "dead")}
+    lines = [_clip(x, width) for x in top]
+    lines += gaps[:1] + [
+        f"\x1b[31m{_clip(x, width)}\x1b[0m" if colour and i in red else _clip(x, width)
+        for i, x in enumerate(workers)
+    ]
+    lines += gaps[1:] + [_clip(x, width) for x in backlog]
+    return "\n".join(lines)
+
+
+def _status_parts(st: Status) -> tuple[list[str], list[str], list[str]]:
+    """(top lines, workers title and table, backlog title and table)."""
     s = st.scheduler
     if s is None:
-        lines = ["scheduler: none has run on this database yet"]
+        top = [f"scheduler: {NO_RUNS}"]
     else:
         age = format_length(s.age(st.now))
         if s.ended_at is not None:
@@ -222,35 +256,58 @@ def status_text(st: Status, fmt: str = "table") -> str:
             health = "alive"
         else:
             health = f"NOT ALIVE ({clean(st.verdict.reason)})"
-        lines = [
+        top = [
             f"scheduler: run {s.run_id}, cycle {s.cycle}, heartbeat {age} ago, "
             f"pid {s.pid} on {clean(s.host)}: {health}",
         ]
         if s.idle and st.verdict.alive:
-            lines.append(f"idle: yes, since {format_time(s.idle_since)}")
+            top.append(f"idle: yes, since {format_time(s.idle_since)}")
         else:
-            lines.append(f"idle: no: {clean(s.not_idle_reason) or 'the scheduler is not alive'}")
+            top.append(f"idle: no: {clean(s.not_idle_reason) or 'the scheduler is not alive'}")
         if s.stop_seen:
-            lines.append("stop: seen (the pipeline asked to stop; monitoring goes on)")
-    lines += [
-        "",
+            top.append("stop: seen (the pipeline asked to stop; monitoring goes on)")
+    workers = [
         f"workers ({len(st.workers)}):",
-        listing(st.workers, _worker_columns(st.now), "table"),
+        *listing(st.workers, _worker_columns(st.now), "table").split("\n"),
     ]
     when = (
         f" (cycle {st.backlog_cycle}, {format_time(st.backlog_ts)})"
         if st.backlog_ts is not None
         else ""
     )
-    lines += [
-        "",
+    backlog = [
         f"backlog{when}:",
-        _table(
+        *_table(
             ("pool", "category", "pending", "running", "busy workers"),
             ((b.pool, b.category, b.pending, b.running, b.busy) for b in st.backlog),
-        ),
+        ).split("\n"),
     ]
-    return "\n".join(lines)
+    return top, workers, backlog
+
+
+def _cut(block: list[str], room: int) -> list[str]:
+    """A title and its table in at most `room` lines: the first rows, then "+N more"."""
+    if len(block) <= room:
+        return block
+    if room < 5:  # not even one row beside the title, header and rule
+        return [f"{block[0]} {len(block) - 3} rows, not shown: the window is too small"][:room]
+    return [*block[: room - 1], f"+{len(block) - room + 1} more"]
+
+
+def _clip(line: str, width: int) -> str:
+    """One line cut to `width` characters at a word's end, marked with "…"."""
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1]
+    space = cut.rfind(" ")
+    if space > width // 2:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def _busy_for(w: Any, now: float) -> float | None:
+    """How long the worker has held its category (category_since), None when idle."""
+    return None if w.category is None or w.category_since is None else now - w.category_since
 
 
 def _worker_columns(now: float) -> tuple[Column, ...]:
@@ -259,6 +316,7 @@ def _worker_columns(now: float) -> tuple[Column, ...]:
         Column("pool", "pool", lambda w: w.pool),
         Column("pid", "pid", lambda w: w.pid),
         Column("category", "category", lambda w: w.category, lambda v: clean(v) if v else "-"),
+        _length("busy for", "busy_seconds", lambda w: _busy_for(w, now)),
         _length("heartbeat age", "heartbeat_age_seconds", lambda w: now - w.last_heartbeat),
         Column("state", "state", lambda w: w.state),
         Column("beats", "beats", lambda w: w.beats),

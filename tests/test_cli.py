@@ -414,3 +414,103 @@ def test_a_database_no_scheduler_has_run_on(db: str):
     assert (check.exit_code, check.output) == (1, "no scheduler has run on this database\n")
     report = invoke("report", db)
     assert report.exit_code == 0
+
+
+def _started(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """A long-running command as a real process, its output into files to read meanwhile."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sqlmon", *args],
+        cwd=cwd,
+        stdout=open(cwd / "out.txt", "w"),  # noqa: SIM115
+        stderr=open(cwd / "err.txt", "w"),  # noqa: SIM115
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+
+
+def _until(check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _stopped_by_ctrl_c(proc: subprocess.Popen[str], cwd: Path) -> str:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+    err = (cwd / "err.txt").read_text()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    return err
+
+
+def test_watch_waits_for_the_database_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
+    db = tmp_path / "later.db"
+    proc = _started("watch", str(db), "--interval", "0.1", cwd=tmp_path)
+    try:
+        _until(lambda: "waiting for the database" in (tmp_path / "err.txt").read_text())
+        assert proc.poll() is None  # it waits, it does not exit
+        init_db(str(db))
+        _until(lambda: "no runs yet" in (tmp_path / "out.txt").read_text())
+        err = _stopped_by_ctrl_c(proc, tmp_path)
+    finally:
+        proc.kill()
+    assert err.splitlines() == [
+        f"waiting for the database: {db}: no such database (create it with `sqlmon init`)",
+        "sqlmon: interrupted",
+    ]
+
+
+def test_run_watches_the_pipelines_own_task_table(tmp_path: Path):
+    """Everything TaskTable can say, said on the command line; the HUD off."""
+    db, tasks = tmp_path / "mon.db", tmp_path / "app.db"
+    init_db(str(db))
+    with sqlite3.connect(tasks) as conn:
+        conn.execute("CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, kind TEXT, state TEXT)")
+        conn.executemany(
+            "INSERT INTO jobs (kind, state) VALUES (?, ?)",
+            [("OCR", "queued"), ("OCR", "working"), ("SUMMARY", "queued"), ("OCR", "finished")],
+        )
+    proc = _started(
+        "run", str(db), "--interval", "0.2", "--stale-after", "1", "--warn-after", "1",
+        "--task-db", str(tasks), "--task-table", "jobs", "--category-column", "kind",
+        "--status-column", "state", "--pools", "OCR=gpu,SUMMARY=cpu", "--pending", "queued",
+        "--running", "working", "--id-column", "job_id", "--hud", "off",
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        _until(lambda: sqlite3.connect(db).execute("SELECT count(*) FROM snapshots").fetchone()[0])
+        err = _stopped_by_ctrl_c(proc, tmp_path)
+    finally:
+        proc.kill()
+    counts = sqlite3.connect(db).execute(
+        "SELECT pool, category, pending, running FROM snapshot_counts ORDER BY category"
+    )
+    assert counts.fetchall()[:2] == [("gpu", "OCR", 1, 1), ("cpu", "SUMMARY", 1, 0)]
+    assert "sqlmon.hud" not in err and "cycle 1 |" not in err  # --hud off
+    assert "ended (SIGINT)" in err
+
+
+def test_run_refuses_muddled_task_table_options(db: str):
+    both = invoke("run", db, "--pools", "OCR=gpu", "--pool-column", "p")
+    assert (both.exit_code, both.stderr) == (
+        2,
+        "sqlmon: --pools is for a table without a pool column: give --pool-column or --pools\n",
+    )
+    bad = invoke("run", db, "--pools", "OCR")
+    assert bad.stderr == "sqlmon: --pools: 'OCR' is not CATEGORY=POOL\n"
+    assert invoke("run", db, "--hud", "loud").stderr == (
+        "sqlmon: --hud: 'loud' is not one of line, full, off\n"
+    )
+    assert invoke("run", db, "--task-table", "nope").stderr == (
+        "sqlmon: task table 'nope' does not exist\n"
+    )
+
+
+def test_status_refuses_csv_rather_than_drop_sections(db: str):
+    result = invoke("status", db, "-f", "csv")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "sqlmon: status has no csv form (its sections differ in shape): use -f json\n",
+    )

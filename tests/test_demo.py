@@ -30,7 +30,9 @@ def test_demo_runs_to_idle_in_the_current_directory(tmp_path: Path) -> None:
     # Each task is one busy stretch of its worker: 34 done, as the task table says.
     assert "run 1: idle after" in out.stdout and "; 34 tasks done, 0 failed" in out.stdout
     assert "OCR                        8         0" in out.stdout
-    assert "GPU workers busy" in out.stderr  # the HUD, from the scheduler process
+    # The HUD, from the scheduler process: one line a second, never an empty pool's line.
+    assert "sqlmon.hud INFO cycle 1 | backlog: GPU " in out.stderr
+    assert "workers busy: {}" not in out.stderr
     assert "Traceback" not in out.stderr
     # 2 videos x 4 frames x 4 stages, plus a summary per video.
     assert sql(

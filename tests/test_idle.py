@@ -72,3 +72,18 @@ def test_wait_idle_ignores_a_verdict_older_than_its_call(db: str) -> None:
     cycle = s.step()
     assert not cycle.idle and cycle.not_idle_reason == "1 task pending in OCR"
     s.close()
+
+
+def test_a_foreign_file_gets_the_same_error_as_a_heartbeat(tmp_path) -> None:
+    import pytest
+
+    from sqlmon import DatabaseError, Heartbeat
+
+    foreign = str(tmp_path / "app.db")
+    execute(foreign, "CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    said = []
+    for call in (lambda: Heartbeat(foreign, "w", "cpu"), lambda: is_idle(foreign)):
+        with pytest.raises(DatabaseError) as exc:
+            call()
+        said.append(str(exc.value))
+    assert said == [f"{foreign}: not a sqlmon database"] * 2

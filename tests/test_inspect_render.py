@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -111,7 +112,7 @@ def _at(now: float, sched: SchedulerRow | None, workers: list, backlog=(), ts=No
 
 def _status() -> Status:
     workers = [
-        WorkerLine("gpu-1", "gpu", 7, "vm", "OCR", T0 + 9.75, "busy", 40),
+        WorkerLine("gpu-1", "gpu", 7, "vm", "OCR", T0 + 9.75, "busy", 40, T0 + 6.5),
         WorkerLine("\x1b[2Jevil", "cpu", 8, "vm", None, T0 - 5, "stale", 3),
     ]
     return _at(T0 + 10, SCHED, workers, [BacklogLine("gpu", "OCR", 2, 1, 1)], T0 + 9.5, 12)
@@ -124,10 +125,10 @@ def test_status_text():
             "idle: no: 2 tasks pending in OCR",
             "",
             "workers (2):",
-            "worker       pool      pid  category    heartbeat age    state      beats",
-            "-----------  ------  -----  ----------  ---------------  -------  -------",
-            "gpu-1        gpu         7  OCR         250 ms           busy          40",
-            "\\x1b[2Jevil  cpu         8  -           15.0 s           stale          3",
+            "worker       pool      pid  category    busy for    heartbeat age    state      beats",
+            "-----------  ------  -----  ----------  ----------  ---------------  -------  -------",
+            "gpu-1        gpu         7  OCR         3.5 s       250 ms           busy          40",
+            "\\x1b[2Jevil  cpu         8  -           -           15.0 s           stale          3",  # noqa: E501
             "",
             "backlog (cycle 12, 2027-01-15 08:00:09.5):",
             "pool    category      pending    running    busy workers",
@@ -139,6 +140,36 @@ def test_status_text():
     assert data["scheduler"]["alive"] is True
     assert data["workers"][1]["worker_id"] == "\x1b[2Jevil"  # JSON escapes it by itself
     assert "\x1b" not in render.status_text(_status(), "json")
+
+
+def test_watch_page_fits_an_80x15_terminal():
+    workers = [
+        WorkerLine(f"cpu-{i}", "cpu", 10 + i, "vm", "OCR", T0 + 9.75, "busy", 40, T0 + 6.5)
+        for i in range(1, 13)
+    ]
+    workers[1] = WorkerLine("cpu-2", "cpu", 12, "vm", None, T0 - 5, "stale", 3)
+    sched = dataclasses.replace(SCHED, not_idle_reason="12 tasks running in OCR; " * 6)
+    backlog = [BacklogLine("cpu", f"C{i}", 2, 1, 1) for i in range(4)]
+    page = render.watch_page(_at(T0 + 10, sched, workers, backlog, T0 + 9.5, 12), 80, 15)
+    assert page.split("\n") == [
+        "scheduler: run 3, cycle 12, heartbeat 500 ms ago, pid 55 on vm: alive",
+        "idle: no: 12 tasks running in OCR; 12 tasks running in OCR; 12 tasks running…",
+        "workers (12):",
+        "worker    pool      pid  category    busy for    heartbeat age    state…",
+        "--------  ------  -----  ----------  ----------  ---------------  -------…",
+        "cpu-1     cpu        11  OCR         3.5 s       250 ms           busy…",
+        "cpu-2     cpu        12  -           -           15.0 s           stale…",
+        "cpu-3     cpu        13  OCR         3.5 s       250 ms           busy…",
+        "+9 more",
+        "backlog (cycle 12, 2027-01-15 08:00:09.5):",
+        "pool    category      pending    running    busy workers",
+        "------  ----------  ---------  ---------  --------------",
+        "cpu     C0                  2          1               1",
+        "+3 more",
+    ]
+    coloured = render.watch_page(_at(T0 + 10, sched, workers, backlog, T0 + 9.5, 12), 80, 15, True)
+    assert coloured.split("\n")[6] == f"\x1b[31m{page.split(chr(10))[6]}\x1b[0m"
+    assert coloured.count("\x1b[31m") == 1
 
 
 def test_health_says_why_in_one_line():

@@ -117,13 +117,36 @@ def test_an_older_schema_is_refused_until_init_upgrades_it(tmp_path: Path) -> No
     assert sql(path, "SELECT worker_id FROM worker_events") == [("w",)]  # history kept
 
 
-def test_init_refuses_a_foreign_database(tmp_path: Path) -> None:
-    foreign = str(tmp_path / "app.db")
-    execute(foreign, "CREATE TABLE app (x)")
-    before = Path(foreign).read_bytes()
+def test_init_adds_sqlmon_beside_an_applications_tables(tmp_path: Path) -> None:
+    app = str(tmp_path / "app.db")
+    execute(app, "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, kind TEXT, state TEXT)")
+    execute(app, "CREATE TABLE alembic_version (version_num TEXT)")
+    execute(app, "INSERT INTO alembic_version VALUES ('abc123')")
+    execute(app, "INSERT INTO jobs VALUES (1, 'OCR', 'queued')")
+    schema_before = sql(app, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
     with pytest.raises(DatabaseError, match="not a sqlmon database"):
-        init_db(foreign)
-    assert Path(foreign).read_bytes() == before
+        check_database(app)  # not yet: init adds sqlmon's tables
+    init_db(app)
+    init_db(app)  # safe to repeat
+    check_database(app)
+    after = sql(app, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    assert set(schema_before) <= set(after)  # the application's tables untouched
+    assert sql(app, "SELECT * FROM jobs") == [(1, "OCR", "queued")]
+    assert sql(app, "SELECT * FROM alembic_version") == [("abc123",)]
+    assert sql(app, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
+
+
+def test_init_refuses_a_table_of_sqlmons_name_that_is_not_sqlmons(tmp_path: Path) -> None:
+    app = str(tmp_path / "app.db")
+    execute(app, "CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT)")
+    before = Path(app).read_bytes()
+    with pytest.raises(DatabaseError) as exc:
+        init_db(app)
+    assert str(exc.value).startswith(
+        f"{app}: it already has a table 'tasks' that is not sqlmon's (columns id, title; "
+        "sqlmon's has id, category, pool, status,"
+    )
+    assert Path(app).read_bytes() == before  # refused before anything was changed
 
 
 def test_backlog_uses_the_partial_index(db: str) -> None:

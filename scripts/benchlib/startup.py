@@ -1,13 +1,18 @@
 """Section 5: what a worker pays to start: import sqlmon and build a Heartbeat, against import
-sqlalchemy alone, each in a fresh interpreter, alternated so that both see the same machine.
+sqlalchemy alone, each in a fresh interpreter, alternated so that both see the same machine;
+and what a person pays for a command: `sqlmon status`, `check`, `runs`, `history` and `--help`,
+wall time, against `python -c "import sqlalchemy"` in the same rounds.
 """
 
 from __future__ import annotations
 
 import compileall
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,4 +69,51 @@ def measure(db: str, sizes: Sizes) -> dict[str, Any]:
         "sqlmon_rss_mb": median([r["rss_mb"] for r in sm_runs]),
         "typer_loaded": any(r["typer"] for r in sm_runs),
         "tabulate_loaded": any(r["tabulate"] for r in sm_runs),
+        "commands": {
+            "bytecode": commands(db, sizes.startup_runs, compiled=True),
+            "source": commands(db, sizes.startup_runs, compiled=False),
+        },
+    }
+
+
+COMMANDS = {
+    "status": ["status", "{db}"],
+    "check": ["check", "{db}"],
+    "runs": ["runs", "{db}"],
+    "history": ["history", "{db}"],
+    "help": ["--help"],
+}
+
+
+def commands(db: str, runs: int, compiled: bool) -> dict[str, Any]:
+    """Median wall time (ms) of each command, and its ratio to `import sqlalchemy` alone.
+
+    compiled: every module's bytecode is there (an install with UV_COMPILE_BYTECODE=1, or one
+    whose first run wrote it); else every import compiles its source, as on a machine with
+    PYTHONDONTWRITEBYTECODE and an install without bytecode. Both through a private
+    PYTHONPYCACHEPREFIX, so that the virtualenv is left as it is.
+    """
+    script = Path(sys.executable).with_name("sqlmon")
+    sqlmon = [str(script)] if script.exists() else [sys.executable, "-m", "sqlmon"]
+    argv = {"import sqlalchemy": [sys.executable, "-c", "import sqlalchemy"]}
+    argv |= {k: sqlmon + [a.format(db=db) for a in v] for k, v in COMMANDS.items()}
+    with tempfile.TemporaryDirectory(prefix="sqlmon-pycache-") as prefix:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = prefix
+        if compiled:
+            for args in argv.values():  # the first run of each writes the bytecode it needs
+                subprocess.run(args, capture_output=True, env=env, check=False)
+        else:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        times: dict[str, list[float]] = {k: [] for k in argv}
+        for _ in range(max(runs, 1)):
+            for name, args in argv.items():
+                t0 = time.perf_counter()
+                subprocess.run(args, capture_output=True, env=env, check=False)
+                times[name].append(time.perf_counter() - t0)
+    base = median(times["import sqlalchemy"])
+    return {
+        "sqlalchemy_ms": base * 1e3,
+        **{f"{k}_ms": median(v) * 1e3 for k, v in times.items() if k in COMMANDS},
+        **{f"{k}_ratio": median(v) / base for k, v in times.items() if k in COMMANDS},
     }

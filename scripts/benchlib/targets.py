@@ -150,6 +150,16 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 0.5,
         f"{x:.2f} s" if x is not None else "",
     )
+    cmd = st.get("commands", {}).get("bytecode", {})
+    inspections = ("status", "check", "runs", "history")
+    worst = max((cmd[f"{k}_ratio"], k) for k in inspections) if cmd else None
+    x = worst[0] if worst else None
+    target(
+        "every inspection command <= 1.3x python -c 'import sqlalchemy' (bytecode)",
+        x,
+        x is not None and x <= 1.3,
+        f"{x:.2f}x (slowest: {worst[1]})" if worst else "",
+    )
     x = pr.get("history_mb_per_hour")
     target(
         "history <= 5 MB per hour",
@@ -252,6 +262,14 @@ def render(r: dict[str, Any]) -> str:
         f" ({s['sqlalchemy_rss_mb']:.0f} MB); import sqlmon {s['sqlmon_import_ms']:.0f} ms,"
         f" + Heartbeat {s['sqlmon_import_and_heartbeat_ms']:.0f} ms ({s['sqlmon_rss_mb']:.0f} MB)"
     )
+    for kind, c in s.get("commands", {}).items():
+        lines.append(
+            f"commands ({kind}): python -c 'import sqlalchemy' {c['sqlalchemy_ms']:.0f} ms; "
+            + ", ".join(
+                f"{k} {c[k + '_ms']:.0f} ms ({c[k + '_ratio']:.2f}x)"
+                for k in ("status", "check", "runs", "history", "help")
+            )
+        )
     p = r["post_run"]
     lines.append(
         f"post-run, {p['hours']} h ({p['snapshots']:,} snapshots, {p['events']:,} events): report "
