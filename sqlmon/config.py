@@ -15,7 +15,7 @@ UNWRITTEN_EVENTS = 100_000  # worker events kept for the next write while writes
 # Worker heartbeat
 MIN_INTERVAL = 0.5  # s: a repeated beat with the same category inside this writes nothing
 WORKER_BUSY_TIMEOUT = 0.1  # s a beat waits for the write lock before it is dropped
-MISSED_LOG_EVERY = 60.0  # s between log lines about dropped beats
+MISSED_LOG_EVERY = 60.0  # s between log lines about dropped beats (and skipped cycle writes)
 UNWRITTEN_STRETCHES = 10_000  # closed stretches a worker keeps for the next write, at most
 
 # Connections
@@ -27,9 +27,10 @@ READ_BUSY_TIMEOUT = 5.0  # s a read-only connection waits (WAL recovery, checkpo
 # connections only checkpoint past this far-away fallback so that the WAL stays bounded while
 # the scheduler is dead.
 WORKER_AUTOCHECKPOINT_PAGES = 8000  # about 32 MiB at 4 KiB pages
-# About 1 MiB. Not every cycle: a checkpoint's two fsyncs cost 1.3-1.9 ms on a VM disk, more
+# About 1 MiB. Not every cycle: a checkpoint's two fsyncs cost more
 # than the rest of a quiet cycle's writing, whether it copies 30 pages or 250.
 SCHEDULER_AUTOCHECKPOINT_PAGES = 256
+WAL_RESET_BUSY_TIMEOUT = 0.01  # s a RESTART / TRUNCATE checkpoint may hold writers back
 JOURNAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024  # the WAL is truncated back to this after a reset
 
 # PostgreSQL: each role's statement_timeout (s; 0: none) and the bound on a transaction left
@@ -48,3 +49,8 @@ IDLE_POLL = 0.1  # s between looks at the idle row in wait_idle
 def fresh_for(interval: float) -> float:
     """How long (s) a scheduler heartbeat stays fresh: an older idle row never reads as idle."""
     return max(3 * interval, interval + 2.0)
+
+
+# Inspection
+TIMELINE_POINTS = 400  # backlog samples per category in a timeline, at most
+TIMELINE_RESOLUTION = 2000  # slices of a run below which stretches are summed per slice

@@ -315,8 +315,8 @@ class Prepared:
     """A statement compiled once and run with positional values, for statements that run every
     scheduler cycle.
 
-    Connection.execute spends about 55 us per statement on SQLAlchemy's bookkeeping (cache
-    key, execution context, result rows) against about 3 us on the driver's cursor, and a
+    Connection.execute spends many times more per statement on SQLAlchemy's bookkeeping (cache
+    key, execution context, result rows) than the driver's cursor does on the statement, and a
     cycle runs six statements. On SQLite the statement is compiled once for the connection's
     dialect and runs on the driver's cursor inside the transaction SQLAlchemy began; on other
     backends it runs through Core as it is. `stmt` binds `names`, in that order, or is SQL text
@@ -400,33 +400,22 @@ def shrink_wal(conn: Connection, passes: int = 1) -> str | None:
     """Keep a large WAL from growing further, and give its file back once the load is light
     (SQLite only). The scheduler calls this while the -wal file is past WAL_RESTART_BYTES.
 
-    The regular checkpoints are SQLite's own: the scheduler's connection has wal_autocheckpoint
-    at SCHEDULER_AUTOCHECKPOINT_PAGES, so its commit runs a PASSIVE checkpoint (which never
-    waits for anyone) whenever the WAL holds that many frames. But the WAL only starts over
-    from its beginning when a writer finds it entirely checkpointed and unread, which under a
-    steady stream of beats (frames keep arriving while a checkpoint copies) almost never
-    happens: the WAL would grow to the workers' far-away fallback. So once a PASSIVE pass got
-    everything and the WAL still holds WAL_RESTART_BYTES, a RESTART finishes the few frames
-    left and starts it over, in the same file. When it holds little (the load has dropped, and
-    writers started it over themselves), a TRUNCATE also empties the file, so that this is not
-    called again until the WAL grows back. Either may hold writers back for at most a 10 ms
-    busy wait (a reader still open), well inside a beat's busy timeout; a TRUNCATE under load
-    would cost beats more (measured: p99.9 2.3 -> 14 ms at 16 workers), hence only when quiet.
-    Returns the mode that got through, if one did.
+    The regular checkpoints are SQLite's own, PASSIVE, at the scheduler's commits. But the WAL
+    only starts over from its beginning when a writer finds it wholly checkpointed and unread,
+    which a steady stream of beats almost never allows. So once a PASSIVE pass got everything
+    and the WAL still holds WAL_RESTART_BYTES, a RESTART finishes the few frames left and starts
+    it over in the same file; when it holds little (the load has dropped), a TRUNCATE also
+    empties the file. Either may hold writers back for WAL_RESET_BUSY_TIMEOUT at most, well
+    inside a beat's busy timeout; a TRUNCATE under load costs beats more, hence only when quiet.
 
-    On an SQLite with the WAL-reset bug (it can corrupt the file when a PASSIVE checkpoint
-    starts right after one that copied everything, while another connection's commit starts
-    the WAL over; fixed in 3.44.6, 3.50.7 and 3.51.3) the scheduler's commit before this call
-    does not checkpoint (set_autocheckpoint 0), since its result is unknown, and `passes` is
-    2: a second PASSIVE pass follows only one that left frames behind (readers held them),
-    none follows a busy one (another connection checkpointing), and after a complete pass
-    comes the RESTART or TRUNCATE, which holds the write lock so that no commit can start
-    the WAL over meanwhile, or nothing. Unless it could not have the lock within its 10 ms
-    and ran as a PASSIVE one: that narrow case remains (guards.py warns), as do the workers'
-    own fallback checkpoints while the scheduler is dead. It costs beats about 1 ms at p99.9
-    (16 workers), the RESTART copying under the write lock what came in during the PASSIVE
-    pass; one RESTART alone, copying a cycle's frames under the lock, was measured and
-    rejected: p99 0.5 -> 10.4-11 ms, p99.9 2.1-2.3 -> 28 ms.
+    On an SQLite with the WAL-reset bug (a PASSIVE checkpoint right after one that copied
+    everything, racing another connection's commit that starts the WAL over, can corrupt the
+    file; fixed in 3.44.6, 3.50.7 and 3.51.3) the scheduler's commit before this call does not
+    checkpoint, and `passes` is 2: a second PASSIVE pass follows only one that left frames
+    behind, none follows a busy one, and after a complete pass comes the RESTART or TRUNCATE,
+    which holds the write lock so that no commit can start the WAL over meanwhile. The figures
+    behind these choices are in CHANGELOG.md and BENCHMARKS.md. Returns the mode that got
+    through, if one did.
     """
     if conn.dialect.name != "sqlite" or conn.in_transaction():
         return None
@@ -446,7 +435,7 @@ def shrink_wal(conn: Connection, passes: int = 1) -> str | None:
     else:
         return None
     ((wait_ms,),) = _pragma(conn, "PRAGMA busy_timeout")
-    _pragma(conn, "PRAGMA busy_timeout = 10")
+    _pragma(conn, f"PRAGMA busy_timeout = {int(config.WAL_RESET_BUSY_TIMEOUT * 1000)}")
     try:
         ((busy, _frames, _copied),) = _pragma(conn, f"PRAGMA wal_checkpoint({mode})")
     finally:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import procs
+from . import config, procs
 from .backlog import Counts
 from .states import Event as Ev
 from .states import Evidence, Liveness, State
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 # The per-worker records are named tuples: a scheduler cycle builds two for each worker, and
-# a frozen dataclass costs several times more to build (measured in scripts/bench.py's cycle).
+# a frozen dataclass costs several times more to build (scripts/bench.py's cycle section).
 class WorkerRow(NamedTuple):
     """One worker_status row as read."""
 
@@ -166,7 +166,7 @@ class Monitor:
         warn_after: float,
         idle_confirm: int,
         host: str,
-        late_factor: float = 2.0,
+        late_factor: float = config.LATE_FACTOR,
         death: Callable[[int, float | None], Evidence | None] = procs.death,
     ) -> None:
         self.interval = interval

@@ -368,7 +368,7 @@ class Scheduler(multiprocessing.Process):
             # lock: its RESTART would run as a PASSIVE pass right after a complete one.
             shrinking = shrinking and not (self._careful and dbmod.is_busy(exc))
             self.errors[f"write: {describe(exc)}"] += 1
-            if mono - self._last_skip_log >= 60.0:
+            if mono - self._last_skip_log >= config.MISSED_LOG_EVERY:
                 self._last_skip_log = mono
                 log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
         self._keep_wal_small(shrinking)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from . import config
 from .durations import format_length, format_time
 from .eventlog import stretch_workers
 from .queries import natural
@@ -53,8 +54,8 @@ def load(
     run_id: int,
     start: float,
     end: float,
-    points: int = 400,
-    resolution: int = 2000,
+    points: int = config.TIMELINE_POINTS,
+    resolution: int = config.TIMELINE_RESOLUTION,
 ) -> Timeline:
     """The run's stretches, clipped to [start, end] as worker_intervals clips them, and at most
     `points` backlog samples per category (the peak of each slice of time). Aggregated in SQL:
