@@ -12,15 +12,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import click
 import sqlalchemy as sa
 import typer
+import typer.core
 
 from . import config, queries
 from . import db as dbmod
 from .backlog import TaskTable
 from .errors import SqlmonError
 
+
+class _Commands(typer.core.TyperGroup):
+    """The command group: a SqlmonError from any command is bad input, said once here."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SqlmonError as exc:
+            fail(str(exc))
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="sqlmon: watch a multi-process pipeline through SQLite.",
     no_args_is_help=True,
     add_completion=False,
@@ -57,10 +71,7 @@ def init(db: DbArg) -> None:
     """Create the database and its schema, or upgrade it (safe to repeat)."""
     from .migrate import init_db
 
-    try:
-        init_db(db)
-    except SqlmonError as exc:
-        fail(str(exc))
+    init_db(db)
     typer.echo(f"initialised {dbmod.url_text(db)}")
 
 
@@ -186,8 +197,6 @@ def run(
             backlog=TaskTable(**table),  # type: ignore[arg-type]
             standby=standby,
         )
-    except SqlmonError as exc:
-        fail(str(exc))
     except KeyboardInterrupt:
         _interrupted()
     scheduler.run()
@@ -242,8 +251,6 @@ def demo(
     )
     try:
         result = demomod.run(settings)
-    except SqlmonError as exc:
-        fail(str(exc))
     except KeyboardInterrupt:
         _interrupted()  # demo.run stopped its workers and the scheduler first
     typer.echo(render_demo_summary(settings.db, result))
@@ -683,12 +690,9 @@ def prune(
         verb = "would prune" if dry_run else "nothing to prune:"
         typer.echo(f"{verb} {len(targets)} run(s) {_ids(targets)}older than {older_than}")
         return
-    try:
-        # The worker role: a plain read-write connection, without the start-up checks and
-        # warnings that belong to whoever starts the monitor.
-        engine = dbmod.engine(db, "worker")
-    except SqlmonError as exc:
-        fail(str(exc))
+    # The worker role: a plain read-write connection, without the start-up checks and
+    # warnings that belong to whoever starts the monitor.
+    engine = dbmod.engine(db, "worker")
     try:
         with engine.connect() as conn:
             # Each batch waits its turn for the write lock like a person's tool would.
@@ -739,8 +743,6 @@ def serve(
     try:
         check_database(db)
         serve_forever(db, host, port, allowed=allowed_host or (), per_worker=per_worker_metrics)
-    except SqlmonError as exc:
-        fail(str(exc))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
