@@ -480,10 +480,10 @@ def history(
     with inspecting(db) as conn:
         chosen = _run(conn, run, now)
         with dbmod.read(conn):
-            rows = queries.history(conn, chosen.run_id, since=start, until=end, limit=limit)
+            rows = queries.run_snapshots(conn, chosen.run_id, since=start, until=end, limit=limit)
             total = len(rows)
             if limit and total == limit:
-                total = queries.history_count(conn, chosen.run_id, since=start, until=end)
+                total = queries.run_snapshot_count(conn, chosen.run_id, since=start, until=end)
     typer.echo(history_text(rows, fmt))
     if total > len(rows):
         typer.echo(f"{len(rows)} of {total} shown; --limit 0 for all", err=True)

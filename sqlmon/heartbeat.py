@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import config, procs
+from . import config, identity
 from . import db as dbmod
 from .dialects import db_now
 from .errors import DatabaseError, SqlmonError
@@ -230,7 +230,7 @@ class Heartbeat:
         if pid != self._pid:
             # The first connection of this process: a new incarnation of the worker id.
             self._pid, self._started_at = pid, self._clock(_monotonic())
-        self._row = (self.worker_id, pid, procs.start_time(pid), self.host, self.pool)
+        self._row = (self.worker_id, pid, identity.start_time(pid), self.host, self.pool)
         self._key = (self.worker_id, pid, self._started_at)
         if self._cursor is not None:
             return  # PostgreSQL's, opened above

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from .monitor import Cycle
+from .judge import Cycle
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def detail(cycle: Cycle) -> str:
     return "\n".join(lines)
 
 
-def render(cycle: Cycle, full: bool = True) -> str:
+def text(cycle: Cycle, full: bool = True) -> str:
     """The line, and with `full` the detail under it."""
     more = detail(cycle) if full else ""
     return line(cycle) + ("\n" + more if more else "")
@@ -79,7 +79,7 @@ def render(cycle: Cycle, full: bool = True) -> str:
 def emit(cycle: Cycle, seen: Shape | None) -> Shape:
     """Log the HUD of `cycle`, its detail only if its shape differs from `seen`; return it."""
     now = shape(cycle)
-    log.info("%s", render(cycle, full=now != seen or log.isEnabledFor(logging.DEBUG)))
+    log.info("%s", text(cycle, full=now != seen or log.isEnabledFor(logging.DEBUG)))
     return now
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from . import config, procs
+from . import config, identity
 from . import db as dbmod
 from .schema import runs, scheduler_state
 
@@ -82,7 +82,7 @@ def judge(
     now: float,
     *,
     host: str | None = None,
-    alive: Callable[[int, float | None], bool] = procs.is_alive,
+    alive: Callable[[int, float | None], bool] = identity.is_alive,
 ) -> Verdict:
     """Whether the scheduler of `row` is alive at `now` (read after the row)."""
     if row is None:

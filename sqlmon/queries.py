@@ -303,7 +303,7 @@ class SnapshotLine:
     late: int
 
 
-def history(
+def run_snapshots(
     conn: Connection,
     run_id: int,
     *,
@@ -320,7 +320,7 @@ def history(
     return [SnapshotLine(*r) for r in reversed(conn.execute(q).all())]
 
 
-def history_count(
+def run_snapshot_count(
     conn: Connection, run_id: int, *, since: float | None = None, until: float | None = None
 ) -> int:
     """How many snapshots `history` would list without a limit."""

@@ -18,12 +18,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import config, flags, guards, history, hud, liveness, procs, stretches
+from . import config, flags, hud, identity, liveness, store, stretches
 from . import db as dbmod
 from .backlog import TaskTable
 from .errors import ConfigError, DatabaseError, LeaseLost, SchedulerRunning, SqlmonError
+from .judge import Close, Cycle, Event, Judge, Judged, Observation
 from .migrate import check_database, describe
-from .monitor import Close, Cycle, Event, Judged, Monitor, Observation
+from .pacing import pace
+from .walkeeper import WalKeeper
 
 log = logging.getLogger(__name__)
 
@@ -150,21 +152,13 @@ class Scheduler(multiprocessing.Process):
         try:
             if self.open() is None:
                 return  # told to stop while standing by: no run was started
-            next_at = time.monotonic()
-            while self._signalled is None and not self._terminated():
-                self.step()
-                next_at += self.interval
-                wait = next_at - time.monotonic()
-                if wait < 0:  # fell behind (paused, or a slow cycle): do not try to catch up
-                    next_at, wait = time.monotonic(), 0.0
-                try:
-                    self._waiting = True
-                    if self._signalled is None:
-                        self._wait(wait)
-                except _Stop:
-                    pass
-                finally:
-                    self._waiting = False
+            pace(
+                self.step,
+                self.interval,
+                clock=time.monotonic,
+                wait=self._wait_woken,
+                stopped=lambda: self._signalled is not None or self._terminated(),
+            )
             reason = self._signalled or "terminate"
         except LeaseLost as exc:
             reason = "lease lost"
@@ -181,6 +175,17 @@ class Scheduler(multiprocessing.Process):
 
     def _terminated(self) -> bool:
         return self.terminate_event is not None and self.terminate_event.is_set()
+
+    def _wait_woken(self, seconds: float) -> None:
+        """Wait, woken at once by SIGTERM or SIGINT (their handler raises _Stop in here)."""
+        try:
+            self._waiting = True
+            if self._signalled is None:
+                self._wait(seconds)
+        except _Stop:
+            pass
+        finally:
+            self._waiting = False
 
     def _wait(self, seconds: float) -> None:
         if self.terminate_event is not None:
@@ -207,10 +212,10 @@ class Scheduler(multiprocessing.Process):
         self._opened = True
         s = self.settings
         self._ttl = config.fresh_for(s["interval"])
-        me = history.Me(os.getpid(), procs.start_time(os.getpid()), self._host)
+        me = store.Me(os.getpid(), identity.start_time(os.getpid()), self._host)
         # On PostgreSQL the lease, the idle row and the history are on the server's clock,
         # which every host shares; on SQLite that is this host's clock.
-        self._horizon = history.FoldHorizon(
+        self._horizon = store.FoldHorizon(
             0.0 if self._engine.dialect.name == "sqlite" else config.PG_FOLD_SETTLE
         )
         told = False
@@ -218,7 +223,7 @@ class Scheduler(multiprocessing.Process):
             # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
             dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
             with dbmod.write(self._conn):
-                got = history.acquire(self._conn, now=now, me=me, settings=s, ttl=self._ttl)
+                got = store.acquire(self._conn, now=now, me=me, settings=s, ttl=self._ttl)
             dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
             if not isinstance(got, liveness.SchedulerRow):
                 break
@@ -234,7 +239,7 @@ class Scheduler(multiprocessing.Process):
                 return None
         self.run_id, self.term, unended, at = got
         self.started_at = at
-        self.monitor = Monitor(
+        self.judge = Judge(
             interval=s["interval"],
             stale_after=s["stale_after"],
             warn_after=s["warn_after"],
@@ -243,9 +248,9 @@ class Scheduler(multiprocessing.Process):
             late_factor=config.LATE_FACTOR,
         )
         with dbmod.read(self._conn):
-            self.monitor.seed(history.last_events(self._conn))
-            self._folded = history.folded_id(self._conn)
-            earlier = [w for w in history.windows(self._conn) if w.run_id != self.run_id]
+            self.judge.seed(store.last_events(self._conn))
+            self._folded = store.folded_id(self._conn)
+            earlier = [w for w in store.windows(self._conn) if w.run_id != self.run_id]
         # Stretches fold into this run's window, open until it ends, and into earlier runs'
         # for the part of them that came before this run began.
         self._windows = [stretches.Window(self.run_id, at, float("inf")), *earlier]
@@ -267,9 +272,7 @@ class Scheduler(multiprocessing.Process):
         self.errors: Counter[str] = Counter()
         self._last_hud = -float("inf")
         self._last_skip_log = -float("inf")
-        self._wal_warned = False
-        # With the WAL-reset bug, the scheduler's own checkpoints never run back to back.
-        self._careful = guards.has_wal_reset_bug()
+        self._walkeeper = WalKeeper(self._conn, self._wal, self.errors)
         self._leading = True
         log.info(
             "scheduler run %d started (pid %d, term %d) on %s",
@@ -285,9 +288,9 @@ class Scheduler(multiprocessing.Process):
         mono = time.monotonic() if mono is None else mono
         try:
             with dbmod.read(self._conn):
-                workers = history.read_workers(self._conn)
+                workers = store.read_workers(self._conn)
                 upto = self._horizon.upto(self._conn, mono)
-                new = history.new_stretches(self._conn, self._folded, upto)
+                new = store.new_stretches(self._conn, self._folded, upto)
                 if self._task_conn is None:
                     counts, high = self.backlog.read(self._conn)
             if self._task_conn is not None:
@@ -317,7 +320,7 @@ class Scheduler(multiprocessing.Process):
             self._leading = False
             raise DatabaseError(f"{self._path}: the database file was deleted or replaced")
         obs = self.read(now, mono)
-        cycle = self.monitor.judge(obs, now, mono)
+        cycle = self.judge.judge(obs, now, mono)
         stop_seen = self.stop_event is not None and self.stop_event.is_set()
         # The stretches recorded since the last fold, added to the runs' totals with the cycle.
         folded = None
@@ -329,10 +332,10 @@ class Scheduler(multiprocessing.Process):
         events = self._unwritten + cycle.events
         judged = self._unwritten_judged + cycle.judged
         closes = self._unwritten_closes + cycle.closes
-        shrinking = self._shrink_mode()
+        shrinking = self._walkeeper.before_commit()
         try:
             with dbmod.write(self._conn):
-                history.record(
+                store.record(
                     self._conn,
                     self.run_id,
                     cycle,
@@ -364,53 +367,16 @@ class Scheduler(multiprocessing.Process):
             self._unwritten_judged = judged[-config.UNWRITTEN_EVENTS :]
             self._unwritten_closes = closes[-config.UNWRITTEN_EVENTS :]
             self.writes_skipped += 1
-            # With the WAL-reset bug, no shrink_wal either while someone else holds the write
-            # lock: its RESTART would run as a PASSIVE pass right after a complete one.
-            shrinking = shrinking and not (self._careful and dbmod.is_busy(exc))
+            shrinking = self._walkeeper.skipped(shrinking, exc)
             self.errors[f"write: {describe(exc)}"] += 1
             if mono - self._last_skip_log >= config.MISSED_LOG_EVERY:
                 self._last_skip_log = mono
                 log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
-        self._keep_wal_small(shrinking)
+        self._walkeeper.after_commit(shrinking)
         if self.settings["hud_every"] and mono - self._last_hud >= self.settings["hud_every"]:
             self._last_hud = mono  # hud_every 0: no HUD; the detail only when the shape changed
             self._hud_seen = hud.emit(cycle, getattr(self, "_hud_seen", None))
         return cycle
-
-    def _shrink_mode(self) -> bool:
-        """Whether this cycle starts the WAL over (db.shrink_wal): the -wal file is past
-        WAL_RESTART_BYTES. On an SQLite with the WAL-reset bug, only if this cycle's commit
-        was kept from checkpointing, so that shrink_wal's first PASSIVE pass follows no other
-        checkpoint of the scheduler's. Set every cycle (one pragma): a reconnected connection
-        comes back with the regular setting."""
-        shrinking = dbmod.wal_size(self._wal) > config.WAL_RESTART_BYTES
-        if not self._careful:
-            return shrinking
-        try:
-            dbmod.set_autocheckpoint(
-                self._conn, 0 if shrinking else config.SCHEDULER_AUTOCHECKPOINT_PAGES
-            )
-        except sa.exc.DatabaseError as exc:
-            self.errors[f"checkpoint: {describe(exc)}"] += 1
-            return False  # the commit may checkpoint: no shrink_wal right after it
-        return shrinking
-
-    def _keep_wal_small(self, shrinking: bool) -> None:
-        # A failed checkpoint loses nothing (the next cycle tries again): counted, not fatal.
-        if shrinking:
-            try:
-                dbmod.shrink_wal(self._conn, passes=2 if self._careful else 1)
-            except sa.exc.DatabaseError as exc:
-                self.errors[f"checkpoint: {describe(exc)}"] += 1
-        size = dbmod.wal_size(self._wal)
-        if size > config.WAL_WARN_BYTES and not self._wal_warned:
-            self._wal_warned = True
-            log.warning(
-                "the WAL has grown to %.0f MB: a long read transaction is holding back checkpoints",
-                size / 1e6,
-            )
-        elif size <= config.WAL_WARN_BYTES:
-            self._wal_warned = False
 
     def close(self, reason: str = "closed", now: float | None = None) -> None:
         """End the run row (so the idle row reads not idle), hand the lease over, and let go
@@ -425,14 +391,14 @@ class Scheduler(multiprocessing.Process):
             if getattr(self, "_leading", False):
                 dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
                 with dbmod.write(self._conn):
-                    history.add_pending(
+                    store.add_pending(
                         self._conn,
                         self.run_id,
                         self._unwritten,
                         self._unwritten_judged,
                         self._unwritten_closes,
                     )
-                    ended = history.end_run(
+                    ended = store.end_run(
                         self._conn, self.run_id, now=now, reason=reason, term=self.term
                     )
                 if ended:

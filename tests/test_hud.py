@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from sqlmon.hud import emit, render
-from sqlmon.monitor import Count, Cycle, WorkerView
+from sqlmon.hud import emit, text
+from sqlmon.judge import Count, Cycle, WorkerView
 
 
 def view(wid: str, pool: str, category: str | None, state: str) -> WorkerView:
@@ -42,7 +42,7 @@ def busy_cycle() -> Cycle:
 
 
 def test_hud_text() -> None:
-    assert render(busy_cycle()) == "\n".join(
+    assert text(busy_cycle()) == "\n".join(
         [
             "cycle 7 | backlog: CPU 2 pending / 1 running, GPU 13 pending / 3 running | "
             "workers: 4 active, 1 idle, 2 stale, 1 dead | not idle: 15 tasks pending",
@@ -77,11 +77,11 @@ def quiet_cycle(n: int, category: str | None = None) -> Cycle:
 
 
 def test_the_compact_line_says_nothing_about_empty_pools() -> None:
-    assert render(quiet_cycle(3), full=False) == (
+    assert text(quiet_cycle(3), full=False) == (
         "cycle 3 | backlog: none | workers: 0 active, 1 idle | IDLE"
     )
     # No "0 CPU workers busy: {}": a pool with nobody busy has no detail line.
-    assert render(quiet_cycle(3)) == render(quiet_cycle(3), full=False)
+    assert text(quiet_cycle(3)) == text(quiet_cycle(3), full=False)
 
 
 def test_the_detail_comes_only_when_the_shape_changes(caplog) -> None:

@@ -160,9 +160,9 @@ def test_status_after_the_run(history: History):
 def test_history_and_event_filters_are_bound(history: History):
     t0 = history.t0
     with queries.connect(history.path) as conn, dbmod.read(conn):
-        snaps = queries.history(conn, 1, since=t0 + 5, until=t0 + 9)
+        snaps = queries.run_snapshots(conn, 1, since=t0 + 5, until=t0 + 9)
         assert [s.cycle for s in snaps] == [5, 6, 7, 8, 9]
-        assert [s.cycle for s in queries.history(conn, 1, limit=3)] == [18, 19, 20]
+        assert [s.cycle for s in queries.run_snapshots(conn, 1, limit=3)] == [18, 19, 20]
         stale = queries.events(conn, worker="gpu-2", event="stale")
         assert [(e.ts - t0, e.run_id) for e in stale] == [(13, 1)]
         assert queries.events(conn, worker="gpu-2' OR '1'='1") == []

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from typing import Any
 
-from sqlmon import Scheduler, init_db, procs
+from sqlmon import Scheduler, identity, init_db
 
 from .sizes import Sizes
 from .stats import median, quantile
@@ -58,7 +58,7 @@ def build(path: str, rows: int, pending: int, workers: int) -> None:
             (
                 f"w{i}",
                 pid,
-                procs.start_time(pid),
+                identity.start_time(pid),
                 socket.gethostname(),
                 POOLS[cats[i % 5]],
                 cats[i % 5] if i % 2 else None,

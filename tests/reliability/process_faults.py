@@ -1026,10 +1026,13 @@ def pid_reuse(tmp: Path, *, repeats: int = 3, interval: float = 0.05) -> Outcome
     s = rig.scheduler(interval=interval, stale_after=5.0, warn_after=5.0)
     s.open()
     reused = 0
+    # Workers come from a forkserver: this process holds the scheduler's connection, and a
+    # child forked from it could not use the database safely (sqlmon refuses).
+    server = multiprocessing.get_context("forkserver")
     for r in range(repeats):
-        stop, never = Flag(), Flag()
+        stop, never = FileFlag(tmp / f"stop-{r}"), FileFlag(tmp / f"never-{r}")
         wid = f"w{r}"
-        w = FORK.Process(
+        w = server.Process(
             target=targets.beating_worker,
             args=(rig.db, wid, str(rig.truth.dir), stop, 0.02, never, 0.0),
             name=wid,

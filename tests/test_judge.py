@@ -6,12 +6,12 @@ import multiprocessing
 import os
 import socket
 
-from sqlmon import procs
-from sqlmon.monitor import Monitor, Observation, WorkerRow
+from sqlmon import identity
+from sqlmon.judge import Judge, Observation, WorkerRow
 
 HOST = socket.gethostname()
 PID = os.getpid()
-START = procs.start_time(PID)
+START = identity.start_time(PID)
 
 
 def row(
@@ -41,10 +41,10 @@ def row(
     )
 
 
-def monitor(**kw) -> Monitor:
+def monitor(**kw) -> Judge:
     settings = dict(interval=1.0, stale_after=10.0, warn_after=30.0, idle_confirm=2, host=HOST)
     settings.update(kw)
-    return Monitor(**settings)
+    return Judge(**settings)
 
 
 def obs(t, workers=(), backlog=None, high=5, error=None) -> Observation:

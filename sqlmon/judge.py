@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import config, procs
+from . import config, identity
 from .backlog import Counts
 from .states import Event as Ev
 from .states import Evidence, Liveness, State
@@ -155,7 +155,7 @@ class _Tracked:
     doubtful: bool = False  # first seen with a beat too old to believe without a second look
 
 
-class Monitor:
+class Judge:
     """The judge's memory between cycles. `judge(observation, now, mono)` makes one cycle."""
 
     def __init__(
@@ -167,7 +167,7 @@ class Monitor:
         idle_confirm: int,
         host: str,
         late_factor: float = config.LATE_FACTOR,
-        death: Callable[[int, float | None], Evidence | None] = procs.death,
+        death: Callable[[int, float | None], Evidence | None] = identity.death,
     ) -> None:
         self.interval = interval
         self.stale_after = stale_after

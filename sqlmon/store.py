@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from . import db as dbmod
-from . import liveness, procs, stretches
+from . import identity, liveness, stretches
 from .db import Prepared
 from .dialects import greatest, insert, least
 from .errors import LeaseLost
-from .monitor import Close, Cycle, Event, Judged, WorkerRow
+from .judge import Close, Cycle, Event, Judged, WorkerRow
 from .schema import (
     runs,
     scheduler_state,
@@ -192,7 +192,7 @@ def _lease_free(row: liveness.SchedulerRow, now: float, me: Me) -> bool:
         return not liveness.judge(row, now, host=me.host).alive
     if row.expires_at <= now:
         return True
-    return row.host == me.host and not procs.is_alive(row.pid, row.pid_start)
+    return row.host == me.host and not identity.is_alive(row.pid, row.pid_start)
 
 
 VANISHED = "vanished: its scheduler stopped without ending it"
