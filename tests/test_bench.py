@@ -61,6 +61,9 @@ def test_bench_tiny_run_writes_every_section(tmp_path: Path) -> None:
     assert results["record"]["day"]["report_error"] is None
     assert results["record"]["cycle"]["cycles"] > 0
     assert results["live_view"]["metrics"]["requests"] > 0
-    assert len(results["targets"]) == 21
+    names = [t["target"] for t in results["targets"]]
+    assert all({"target", "met", "figure", "value"} <= set(t) for t in results["targets"])
+    for section in ("transition write", "/metrics p99", "/api/v1/status p99", "cycle median"):
+        assert any(section in name for name in names), (section, names)
     assert "targets:" in proc.stdout
     assert not list(tmp_path.glob("sqlmon-bench-*")), "the script leaves no databases behind"
