@@ -371,7 +371,10 @@ class Heartbeat:
         cursor.execute("BEGIN IMMEDIATE")
         try:
             self._status(cursor, values)
-            cursor.executemany(self._stretch_sql, stretches)
+            if len(stretches) == 1:  # the usual case: execute costs less than executemany
+                cursor.execute(self._stretch_sql, stretches[0])
+            else:
+                cursor.executemany(self._stretch_sql, stretches)
             cursor.execute("COMMIT")
         except BaseException:
             self._rollback()

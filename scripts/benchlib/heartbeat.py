@@ -1,7 +1,8 @@
 """Sections 1 and 2: what one heartbeat costs the worker that sends it.
 
-A write (the category changed) through sqlmon, through the raw sqlite3 module on the same table
-of the same file with the same pragmas (the floor any SQLite heartbeat stands on), into a
+A write (the category changed: the status row and the stretch it closed) through sqlmon,
+through the raw sqlite3 module doing the same on the same tables of the same file with the same
+pragmas (the floor any SQLite heartbeat stands on), into a
 Manager dict served by another process, and to Redis the way RQ beats. Then a coalesced beat.
 Variants run in interleaved rounds, so that a slow patch of the machine hits all of them.
 """
@@ -31,6 +32,13 @@ RAW_UPSERT = (
     " ON CONFLICT (worker_id) DO UPDATE SET category = excluded.category,"
     " category_since = excluded.category_since, last_heartbeat = excluded.last_heartbeat,"
     " beats = beats + 1"
+)
+
+
+# And the stretch a change of category closes, as a careful engineer records it by hand.
+RAW_STRETCH = (
+    "INSERT INTO worker_stretches (worker_id, pid, category, started, ended, outcome)"
+    " VALUES (?, ?, ?, ?, ?, 'ok')"
 )
 
 
@@ -71,12 +79,20 @@ def measure_writes(db: str, workdir: str, sizes: Sizes) -> dict[str, Any]:
     def sqlmon_beat(i: int) -> None:
         hb.beat(CATEGORIES[i & 1])
 
+    since = [started]
+
     def raw_beat(i: int) -> None:
+        # The same work as a change of category through sqlmon: the status row and the
+        # stretch the change closed, in one transaction.
         now = time.time()
+        raw.execute("BEGIN IMMEDIATE")
         raw.execute(
             RAW_UPSERT,
             ("bench-raw", pid, started, host, "gpu", CATEGORIES[i & 1], now, now, started),
         )
+        raw.execute(RAW_STRETCH, ("bench-raw", pid, CATEGORIES[~i & 1], since[0], now))
+        raw.execute("COMMIT")
+        since[0] = now
 
     variants: dict[str, Callable[[int], Any]] = {"sqlmon": sqlmon_beat, "sqlite3_raw": raw_beat}
     manager = multiprocessing.Manager()  # its server is another process: each write crosses
