@@ -16,6 +16,9 @@ UNWRITTEN_EVENTS = 100_000  # worker events kept for the next write while writes
 MIN_INTERVAL = 0.5  # s: a repeated beat with the same category inside this writes nothing
 WORKER_BUSY_TIMEOUT = 0.1  # s a beat waits for the write lock before it is dropped
 MISSED_LOG_EVERY = 60.0  # s between log lines about dropped beats (and skipped cycle writes)
+# s between looks at whether the database file was deleted or replaced; the writes made since
+# the last look are counted missed (and their stretches lost) when it was
+FILE_CHECK_EVERY = 1.0
 UNWRITTEN_STRETCHES = 10_000  # closed stretches a worker keeps for the next write, at most
 
 # Connections

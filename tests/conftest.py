@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,15 @@ def _pg(url: str) -> Iterator[object]:
         autocommit=True,
     ) as conn:
         yield conn
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> None:
+    """Poll `predicate` until true; fail the test after `timeout` s (a guard against hangs on
+    a loaded machine, never a pass criterion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not met within {timeout} s"
+        time.sleep(every)
 
 
 def sql(path: str, query: str, params: tuple = ()) -> list[tuple]:

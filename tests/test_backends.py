@@ -9,14 +9,13 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from sqlmon import Heartbeat, Scheduler, init_db, is_idle, wait_idle
 
 from . import procs
-from .conftest import BACKENDS, execute, is_pg, sql
+from .conftest import BACKENDS, execute, is_pg, sql, wait_for
 
 
 @pytest.fixture(params=BACKENDS)
@@ -30,13 +29,6 @@ def sqlmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sqlmon", *args], capture_output=True, text=True, timeout=timeout
     )
-
-
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(every)
 
 
 def test_init_twice_and_the_views_clip_stretches_to_runs(empty_db: str) -> None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from sqlmon import Heartbeat, Scheduler, init_db
 from sqlmon.cli import app
-from tests.test_inspect_history import WEIRD, History, history_copy
+from tests.recorded import WEIRD, History, history_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -147,7 +147,10 @@ def test_a_row_gone_or_taken_over_is_written_whole_again_with_beats_from_one(db:
     assert sql(db, "SELECT category, beats FROM worker_status") == [("E", 2)]
 
 
-def test_deleted_database_file_never_raises(db: str, tmp_path: Path) -> None:
+def test_deleted_database_file_never_raises(db: str, tmp_path: Path, monkeypatch) -> None:
+    from sqlmon import config
+
+    monkeypatch.setattr(config, "FILE_CHECK_EVERY", 0.0)  # a look before every write
     hb = Heartbeat(db, "w", "cpu")
     hb.beat("A")
     for suffix in ("", "-wal", "-shm"):
@@ -158,23 +161,29 @@ def test_deleted_database_file_never_raises(db: str, tmp_path: Path) -> None:
     assert hb.missed == 2
 
 
-def test_beats_never_go_silently_into_a_deleted_file(db: str) -> None:
+def test_beats_never_go_silently_into_a_deleted_file(db: str, monkeypatch) -> None:
+    from sqlmon import config, init_db
+
+    monkeypatch.setattr(config, "FILE_CHECK_EVERY", 0.2)
     hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
     hb.beat("A")
     for suffix in ("", "-wal", "-shm"):
         Path(db + suffix).unlink(missing_ok=True)
-    hb.beat("B")  # into the deleted inode it would go: counted missed instead
-    assert hb.missed == 1
-    from sqlmon import init_db
-
+    hb.beat("B")  # inside the bound: it may go into the deleted inode...
+    time.sleep(0.25)
+    hb.beat("C")  # ...and the next look finds the file gone: both are counted missed
+    assert hb.missed == 2
+    assert hb.lost == 1  # the stretch A closed by B went into the gone file
     init_db(db)  # a new file at the same path: the heartbeat moves to it
-    hb.beat("C")
-    assert hb.missed == 1
-    assert sql(db, "SELECT worker_id, category, missed FROM worker_status") == [("w", "C", 1)]
-    # The stretches closed meanwhile were kept and written with the first write that got in.
+    hb.beat("D")
+    assert hb.missed == 2
+    assert sql(db, "SELECT worker_id, category, missed, lost FROM worker_status") == [
+        ("w", "D", 2, 1)
+    ]
+    # The stretch C closed, kept while the file was gone, went in with the first write.
     assert [r[0] for r in sql(db, "SELECT category FROM worker_stretches ORDER BY started")] == [
-        "A",
         "B",
+        "C",
     ]
 
 

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from sqlmon import db as dbmod
-from tests.test_inspect_history import History, history_copy
+from tests.recorded import History, history_copy
 
 NOBODY = 65534
 

@@ -21,16 +21,9 @@ from sqlmon import Heartbeat, Scheduler, init_db, is_idle, queries, wait_idle
 from sqlmon import db as dbmod
 from sqlmon.errors import SchedulerGone, SchedulerRunning
 
-from .conftest import execute, is_pg, sql
+from .conftest import execute, is_pg, sql, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout: float = 30.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(every)
 
 
 def sqlmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -17,16 +17,9 @@ from sqlmon import Heartbeat, Scheduler, queries
 from sqlmon import db as dbmod
 from sqlmon.report import Report, run_report
 from tests import procs
-from tests.conftest import sql
+from tests.conftest import sql, wait_for
 
 CTX = multiprocessing.get_context("spawn")
-
-
-def _wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _scheduler(db: str, interval: float = 1.0) -> tuple[Scheduler, object]:
@@ -41,7 +34,7 @@ def _scheduler(db: str, interval: float = 1.0) -> tuple[Scheduler, object]:
         start_method="spawn",
     )
     s.start()
-    _wait_for(
+    wait_for(
         lambda: (
             sql(db, "SELECT count(*) FROM snapshots WHERE run_id = (SELECT max(run_id) FROM runs)")[
                 0
@@ -133,7 +126,7 @@ def test_a_killed_workers_open_stretch_closes_at_its_detected_death(db: str):
     time.sleep(0.5)
     os.kill(p.pid, signal.SIGKILL)
     p.join(10)
-    _wait_for(
+    wait_for(
         lambda: sql(db, "SELECT count(*) FROM worker_stretches WHERE outcome = 'dead'") == [(1,)]
     )
     time.sleep(0.5)

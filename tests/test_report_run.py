@@ -9,7 +9,7 @@ import pytest
 from sqlmon import db as dbmod
 from sqlmon import queries
 from sqlmon.report import BacklogPeak, run_report
-from tests.test_inspect_history import WEIRD, History, history_copy
+from tests.recorded import WEIRD, History, history_copy
 
 
 @pytest.fixture(scope="module")

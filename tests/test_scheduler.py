@@ -17,7 +17,7 @@ from sqlmon import db as dbmod
 from sqlmon.demo import claim, complete, enqueue
 
 from . import procs
-from .conftest import execute, sql, write_lock_held
+from .conftest import execute, sql, wait_for, write_lock_held
 
 
 def add_tasks(db: str, *rows: tuple[str, str, str]) -> None:
@@ -339,13 +339,6 @@ def _start(db: str, method: str, **kw):
     return s, stop, terminate
 
 
-def _wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def _cycles(db: str) -> int:
     rows = sql(db, "SELECT max(cycle) FROM snapshots WHERE run_id = (SELECT max(run_id) FROM runs)")
     return rows[0][0] or 0
@@ -356,9 +349,9 @@ def test_process_under_each_start_method_sees_stop_and_ends_on_terminate(
     db: str, method: str, capfd
 ) -> None:
     s, stop, terminate = _start(db, method)
-    _wait_for(lambda: _cycles(db) >= 2)
+    wait_for(lambda: _cycles(db) >= 2)
     stop.set()
-    _wait_for(lambda: sql(db, "SELECT stop_seen FROM scheduler_state") == [(1,)])
+    wait_for(lambda: sql(db, "SELECT stop_seen FROM scheduler_state") == [(1,)])
     assert s.is_alive()  # stop is the pipeline's business: the monitor keeps watching
     terminate.set()
     s.join(10)
@@ -374,7 +367,7 @@ def test_process_under_each_start_method_sees_stop_and_ends_on_terminate(
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_end_the_run_cleanly(db: str, sig: signal.Signals, capfd) -> None:
     s, _, terminate = _start(db, "spawn")
-    _wait_for(lambda: _cycles(db) >= 2)
+    wait_for(lambda: _cycles(db) >= 2)
     os.kill(s.pid, sig)
     s.join(10)
     assert s.exitcode == 0
@@ -384,7 +377,7 @@ def test_signals_end_the_run_cleanly(db: str, sig: signal.Signals, capfd) -> Non
 
 def test_sigkill_leaves_the_database_whole_and_the_next_run_starts(db: str, caplog) -> None:
     s, _, terminate = _start(db, "fork")
-    _wait_for(lambda: is_idle(db))
+    wait_for(lambda: is_idle(db))
     os.kill(s.pid, signal.SIGKILL)
     s.join(10)
     assert sql(db, "PRAGMA integrity_check") == [("ok",)]
@@ -412,7 +405,7 @@ def test_dead_and_stale_workers_with_real_processes(db: str) -> None:
     doomed = ctx.Process(target=procs.beat_then_hang, args=(db, "doomed", "gpu", "OCR"))
     for p in (alive, stuck, doomed):
         p.start()
-    _wait_for(lambda: sql(db, "SELECT count(*) FROM worker_status") == [(3,)])
+    wait_for(lambda: sql(db, "SELECT count(*) FROM worker_status") == [(3,)])
     # Stepped by hand every 0.1 s: a 1 s interval keeps a slow step on a busy machine from
     # counting as a late cycle (which judges no death).
     s = Scheduler(db, interval=1.0, stale_after=1.5, warn_after=1.5)
@@ -482,7 +475,7 @@ def test_terminate_can_be_set_after_the_scheduler_was_killed_while_waiting(db: s
     import threading
 
     s, stop, terminate = _start(db, "fork")
-    _wait_for(lambda: _cycles(db) >= 3)  # from here on it spends most of its time waiting
+    wait_for(lambda: _cycles(db) >= 3)  # from here on it spends most of its time waiting
     os.kill(s.pid, signal.SIGKILL)
     s.join(10)
     # multiprocessing.Event.wait would have left a sleeper that set() waits for, for ever.

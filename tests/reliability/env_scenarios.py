@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlmon import init_db, is_idle
 
-from .harness import Outcome, check_database, sql
+from .harness import Outcome, check_database, sql, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SQLMON = str(Path(sys.executable).parent / "sqlmon")  # the console script of this environment
@@ -148,15 +148,6 @@ def start_fleet(run: Run, n: int, env: dict[str, str] | None = None, **kwargs: A
     """`n` workers w0..w{n-1}, forked from one process."""
     specs = [{"worker_id": f"w{i}", **kwargs} for i in range(n)]
     return run.start("fleet", "fleet", env=env, workers=specs)
-
-
-def wait_for(predicate: Any, timeout: float, every: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return bool(predicate())
 
 
 def scheduler_settings(interval: float, stale_after: float) -> dict[str, Any]:
