@@ -47,6 +47,7 @@ class Timeline:
     lanes: list[Lane]
     categories: list[str]
     backlog: dict[str, list[tuple[float, int]]]  # category -> (ts, pending), downsampled
+    drained_at: float | None = None  # the idle verdict that held to the end, if one did
 
 
 def load(
@@ -104,7 +105,21 @@ def load(
         ],
         categories,
         backlog,
+        drained_at(conn, run_id),
     )
+
+
+def drained_at(conn: Connection, run_id: int) -> float | None:
+    """When the run's idle verdict began that held to its end (the drain), or None."""
+    s = snapshots.c
+    last_busy = conn.execute(
+        sa.select(sa.func.max(s.ts)).where(s.run_id == run_id, s.idle == 0)
+    ).scalar()
+    q = sa.select(sa.func.min(s.ts)).where(s.run_id == run_id, s.idle == 1)
+    if last_busy is not None:
+        q = q.where(s.ts > last_busy)
+    got = conn.execute(q).scalar()
+    return None if got is None else float(got)
 
 
 # One worker's stretches that overlap [start, end], clipped to it: each one at least a slice
@@ -212,24 +227,27 @@ _HEX = (
     "#00695c",
     "#5d4037",
 )
-_PLOT, _LEFT, _LANE = 900, 170, 18
+_PLOT, _LEFT, _RIGHT, _LANE, _CHART = 1000, 180, 70, 18, 220  # drawing units, not pixels
+_TICKS = 6
 
 
 def html(tl: Timeline) -> str:
-    """One self-contained page: the Gantt chart and the backlog per category, as inline SVG."""
+    """One self-contained page: the Gantt chart of every worker's stretches and the backlog per
+    category, as inline SVG scaled to the window (no network, no external assets)."""
     esc = htmlmod.escape
     colours = {c: _HEX[i % len(_HEX)] for i, c in enumerate(tl.categories)}
     colours[IDLE], colours[STALE] = "#e0e0e0", "#d32f2f"
     span = tl.end - tl.start if tl.end > tl.start else 1.0
+    width = _LEFT + _PLOT + _RIGHT
 
     def x(ts: float) -> float:
-        return round(_LEFT + (ts - tl.start) / span * _PLOT, 1)
+        return round(_LEFT + (min(max(ts, tl.start), tl.end) - tl.start) / span * _PLOT, 1)
 
     gantt = []
     for row, lane in enumerate(tl.lanes):
-        y = 24 + row * _LANE
+        top = 10 + row * _LANE
         name = esc(clean(lane.worker_id))
-        gantt.append(f'<text x="{_LEFT - 6}" y="{y + 13}" text-anchor="end">{name}</text>')
+        gantt.append(f'<text x="{_LEFT - 8}" y="{top + 13}" text-anchor="end">{name}</text>')
         cells = columns(lane, tl.start, tl.end, _PLOT)
         i = 0
         while i < len(cells):
@@ -241,48 +259,83 @@ def html(tl: Timeline) -> str:
                 what = "idle" if key == IDLE else "stale" if key == STALE else f"busy in {key}"
                 t0, t1 = tl.start + i * span / _PLOT, tl.start + j * span / _PLOT
                 gantt.append(
-                    f'<rect x="{_LEFT + i}" y="{y + 2}" width="{j - i}" height="{_LANE - 4}" '
+                    f'<rect x="{_LEFT + i}" y="{top + 2}" width="{j - i}" height="{_LANE - 4}" '
                     f'fill="{colours[key]}"><title>{name}: {esc(clean(what))} '
                     f"{esc(format_time(t0))} to {esc(format_time(t1))}</title></rect>"
                 )
             i = j
-    gantt_h = 24 + len(tl.lanes) * _LANE + 24
-    gantt += _axis(tl, x, gantt_h - 20)
+    plot_h = 10 + len(tl.lanes) * _LANE
+    gantt += _grid(tl, x, 0, plot_h)
+    gantt += _drain(tl, x, 0, plot_h)
+    gantt += _axis(tl, x, plot_h, "time")
+    gantt_h = plot_h + 44
+    # The backlog is a sample per cycle: a step line, held until the next sample, and back to
+    # 0 after a category's last sample (a category with nothing pending or running has no row).
     peak = max([p for pts in tl.backlog.values() for _, p in pts] + [1])
-    chart_h = 200
-    lines = []
+
+    def y(pending: float) -> float:
+        return round(10 + (1 - pending / peak) * _CHART, 1)
+
+    lines = [_ygrid(k * peak / 4, y(k * peak / 4)) for k in range(5)]
+    lines += _grid(tl, x, 10, 10 + _CHART)
     for category, pts in sorted(tl.backlog.items()):
-        path = " ".join(f"{x(ts)},{round(10 + (1 - p / peak) * chart_h, 1)}" for ts, p in pts)
+        steps: list[tuple[float, float]] = []
+        if pts and pts[0][0] > tl.start:
+            steps.append((x(pts[0][0]), y(0)))  # nothing pending before its first sample
+        for ts, pending in pts:
+            if steps:
+                steps.append((x(ts), steps[-1][1]))
+            steps.append((x(ts), y(pending)))
+        if steps and pts[-1][1] != 0:
+            last = pts[-1][0] + min(span / _PLOT, tl.end - pts[-1][0])
+            steps += [(x(last), steps[-1][1]), (x(last), y(0))]
+        if steps:
+            steps.append((x(tl.end), y(0) if pts[-1][1] != 0 else steps[-1][1]))
+        path = " ".join(f"{a},{b}" for a, b in steps)
         colour = colours.get(category, "#444")
         lines.append(
-            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}">'
+            f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{path}">'
             f"<title>{esc(clean(category))}</title></polyline>"
         )
-    lines.append(f'<text x="{_LEFT - 6}" y="16" text-anchor="end">{peak}</text>')
-    lines.append(f'<text x="{_LEFT - 6}" y="{10 + chart_h}" text-anchor="end">0</text>')
-    lines += _axis(tl, x, chart_h + 30)
+    lines += _drain(tl, x, 10, 10 + _CHART)
+    lines += _axis(tl, x, 10 + _CHART, "time")
+    lines.append(
+        f'<text transform="translate(16,{10 + _CHART / 2}) rotate(-90)" '
+        'text-anchor="middle">pending tasks</text>'
+    )
     legend = " ".join(
         f'<span><i style="background:{colours[k]}"></i>{esc(clean(k))}</span>'
         for k in [*tl.categories, IDLE, STALE]
     )
     title = f"sqlmon run {tl.run_id}: {format_time(tl.start)} to {format_time(tl.end)}"
-    width = _LEFT + _PLOT + 20
+    drained = (
+        f"drained (idle to the end) after {format_length(tl.drained_at - tl.start)}"
+        if tl.drained_at is not None
+        else "never drained"
+    )
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" role="img">'
     return "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{esc(title)}</title>",
-            "<style>body{font:13px sans-serif;margin:20px}svg text{font:11px sans-serif}"
-            "span{margin-right:14px}i{display:inline-block;width:10px;height:10px;"
-            "margin-right:4px}</style></head><body>",
+            "<style>body{font:14px system-ui,sans-serif;margin:20px;color:#222;max-width:1400px}"
+            "svg{width:100%;height:auto;display:block}svg text{font:11px system-ui,sans-serif;"
+            "fill:#333}.grid{stroke:#eee}.drain{stroke:#222;stroke-dasharray:4 3}"
+            "span{margin-right:14px;white-space:nowrap}i{display:inline-block;width:10px;"
+            "height:10px;margin-right:4px;vertical-align:middle}</style></head><body>",
             f"<h1>{esc(title)}</h1>",
+            f"<p>{esc(format_length(span))} long; {esc(drained)}. "
+            "Each worker's own record of its busy and idle stretches; stale as judged by the "
+            "scheduler.</p>",
             f"<p>{legend}</p>",
-            "<h2>Workers</h2>",
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{gantt_h}">',
+            f"<h2>Workers ({len(tl.lanes)})</h2>",
+            svg.format(w=width, h=gantt_h),
             *gantt,
             "</svg>",
-            "<h2>Backlog: pending tasks per category</h2>",
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{chart_h + 40}">',
+            "<h2>Backlog: pending tasks per category, as the scheduler sampled it</h2>",
+            svg.format(w=width, h=_CHART + 54),
             *lines,
             "</svg>",
             "</body></html>",
@@ -291,13 +344,43 @@ def html(tl: Timeline) -> str:
     )
 
 
-def _axis(tl: Timeline, x: object, y: float) -> list[str]:
-    out = []
-    for k in range(5):
-        ts = tl.start + (tl.end - tl.start) * k / 4
-        anchor = "start" if k == 0 else "end" if k == 4 else "middle"
+def _ticks(tl: Timeline) -> list[float]:
+    return [tl.start + (tl.end - tl.start) * k / (_TICKS - 1) for k in range(_TICKS)]
+
+
+def _grid(tl: Timeline, x: object, top: float, bottom: float) -> list[str]:
+    return [
+        f'<line class="grid" x1="{x(ts)}" y1="{top}" x2="{x(ts)}" y2="{bottom}"/>'  # type: ignore[operator]
+        for ts in _ticks(tl)
+    ]
+
+
+def _ygrid(value: float, y: float) -> str:
+    label = f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
+    return (
+        f'<line class="grid" x1="{_LEFT}" y1="{y}" x2="{_LEFT + _PLOT}" y2="{y}"/>'
+        f'<text x="{_LEFT - 8}" y="{y + 4}" text-anchor="end">{label}</text>'
+    )
+
+
+def _drain(tl: Timeline, x: object, top: float, bottom: float) -> list[str]:
+    if tl.drained_at is None:
+        return []
+    at = x(tl.drained_at)  # type: ignore[operator]
+    return [
+        f'<line class="drain" x1="{at}" y1="{top}" x2="{at}" y2="{bottom}"/>',
+        f'<text x="{at + 4}" y="{top + 12}">idle</text>',
+    ]
+
+
+def _axis(tl: Timeline, x: object, y: float, title: str) -> list[str]:
+    out = [f'<line stroke="#999" x1="{_LEFT}" y1="{y}" x2="{_LEFT + _PLOT}" y2="{y}"/>']
+    for ts in _ticks(tl):
         out.append(
-            f'<text x="{x(ts)}" y="{y + 12}" text-anchor="{anchor}">'  # type: ignore[operator]
+            f'<text x="{x(ts)}" y="{y + 16}" text-anchor="middle">'  # type: ignore[operator]
             f"{htmlmod.escape(format_time(ts)[11:])}</text>"
         )
+    out.append(
+        f'<text x="{_LEFT + _PLOT / 2}" y="{y + 34}" text-anchor="middle">{title} (local)</text>'
+    )
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 
 import pytest
@@ -332,3 +333,17 @@ def test_report_text():
         "utilisation,tasks_done,failed,died_in_task,stale_episodes,longest_gap_seconds",
         "gpu-1,50.0,45.5,4.5,0.0,100.0,0.5,40,2,0,1,7.5",
     ]
+
+
+def test_timeline_page_scales_marks_the_drain_and_brings_the_backlog_back_to_zero():
+    lanes = [tl.Lane(w, [tl.Stretch(T0, T0 + 5, "OCR")]) for w in ("cpu-2", "cpu-10")]
+    page = tl.html(
+        tl.Timeline(1, T0, T0 + 10, lanes, ["OCR"], {"OCR": [(T0 + 1, 4), (T0 + 2, 3)]}, T0 + 8)
+    )
+    assert 'viewBox="0 0 1250 ' in page and "width:100%" in page  # no fixed width, no scroll
+    assert "time (local)" in page and "pending tasks" in page
+    assert 'class="drain"' in page and "drained (idle to the end) after 8.0 s" in page
+    (points,) = re.findall(r'<polyline[^>]* points="([^"]+)"', page)
+    pairs = [tuple(map(float, p.split(","))) for p in points.split()]
+    zero = pairs[0][1]  # it rises from 0 at its first sample...
+    assert pairs[-1] == (1180.0, zero)  # ...and is back at 0 at the run's end, not mid-air
