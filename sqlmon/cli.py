@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import click
 import sqlalchemy as sa
@@ -21,6 +21,9 @@ from . import config, queries
 from . import db as dbmod
 from .backlog import TaskTable
 from .errors import SqlmonError
+
+if TYPE_CHECKING:
+    from . import demo as demomod
 
 
 class _Commands(typer.core.TyperGroup):
@@ -254,25 +257,27 @@ def demo(
     except KeyboardInterrupt:
         _interrupted()  # demo.run stopped its workers and the scheduler first
     typer.echo(render_demo_summary(settings.db, result))
-    if not result["idle"]:
+    if not result.idle:
         raise typer.Exit(1)
 
 
-def render_demo_summary(db: str, result: dict[str, object]) -> str:
+def render_demo_summary(db: str, result: "demomod.DemoResult") -> str:
+    if result.run_id is None:
+        return "no run was recorded: the scheduler did not start (see its log above)"
     from tabulate import tabulate
 
     from .report import run_report
 
     with inspecting(db) as conn:
-        chosen = _run(conn, int(result["run_id"]), time.time())  # type: ignore[call-overload]
+        chosen = _run(conn, result.run_id, time.time())
         with dbmod.read(conn):
             r = run_report(conn, chosen.run_id, state=chosen.state, end=chosen.end)
     # Tasks as the workers' own busy stretches count them.
     done = sum(c.tasks_done or 0 for c in r.categories)
-    verdict = "idle" if result["idle"] else "NOT idle (timed out)"
+    verdict = "idle" if result.idle else "NOT idle (timed out)"
     lines = [
         "",
-        f"run {r.run_id}: {verdict} after {result['seconds']:.1f} s; "
+        f"run {r.run_id}: {verdict} after {result.seconds:.1f} s; "
         f"{done} tasks done, {sum(c.failed for c in r.categories)} failed, "
         f"{len(r.stale)} stale episode(s), {len(r.dead)} dead worker(s)",
         "",

@@ -166,7 +166,17 @@ def worker_main(
         engine.dispose()
 
 
-def run(settings: DemoSettings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DemoResult:
+    """What a demo run came to; the summary reads the rest from the database."""
+
+    idle: bool  # the idle verdict came before the timeout
+    seconds: float  # from the start to the verdict (or the timeout)
+    run_id: int | None  # None: the scheduler started no run
+    exit_codes: dict[str, int | None]  # each process's, by name
+
+
+def run(settings: DemoSettings) -> DemoResult:
     """Run the whole demo; return what the summary prints."""
     init_db(settings.db)
     ctx = multiprocessing.get_context(settings.start_method)
@@ -233,12 +243,12 @@ def run(settings: DemoSettings) -> dict[str, Any]:
         finally:
             if held is not None:
                 signal.signal(signal.SIGINT, held)
-    return {
-        "idle": idle,
-        "seconds": seconds,
-        "run_id": _latest_run(settings.db),
-        "exit_codes": {p.name: p.exitcode for p in [*workers, scheduler]},
-    }
+    return DemoResult(
+        idle=idle,
+        seconds=seconds,
+        run_id=_latest_run(settings.db),
+        exit_codes={p.name: p.exitcode for p in [*workers, scheduler]},
+    )
 
 
 def _hold_sigint() -> Any:

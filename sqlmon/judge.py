@@ -1,12 +1,12 @@
 """The scheduler's judgement: from what one cycle read and the time, who is busy, idle, stale,
 dead or gone, which transitions happened, and whether the whole system is idle.
 
-Pure apart from the pid check, which is passed in; the clock is always an argument.
+Pure apart from the pid check, which is passed in; the clock is always an argument. What is
+worth a warning comes back as a finding in the cycle, for the scheduler to log.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,8 +29,6 @@ _DEATH = {
     Evidence.PID_GONE: "pid {pid} is gone",
     Evidence.PID_REUSED: "pid {pid} now belongs to another process",
 }
-
-log = logging.getLogger(__name__)
 
 
 # The per-worker records are named tuples: a scheduler cycle builds two for each worker, and
@@ -128,6 +126,7 @@ class Cycle:
     not_idle_reason: str | None
     judged: list[Judged] = field(default_factory=list)
     closes: list[Close] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # findings to log, once each
 
     def total(self, state: str) -> int:
         return sum(1 for w in self.workers if w.state == state)
@@ -143,15 +142,15 @@ class Cycle:
 
 @dataclass
 class _Tracked:
+    """What the judge remembers of one worker incarnation between cycles."""
+
     incarnation: tuple[int, float]
     category: str | None  # the open stretch as last read: its category and start
     since: float | None
     beats: int
     beats_mono: float  # when beats last moved, on the scheduler's monotonic clock
-    stale: bool = False
-    warned: bool = False
-    dead: bool = False
-    exited: bool = False
+    liveness: Liveness = Liveness.ALIVE
+    warned: bool = False  # its stale episode's one warning was given
     doubtful: bool = False  # first seen with a beat too old to believe without a second look
 
 
@@ -199,6 +198,7 @@ class Judge:
         events: list[Event] = []
         self._judged: list[Judged] = []
         self._closes: list[Close] = []
+        self._warnings: list[str] = []
         views: list[WorkerView] = []
         if obs.error is None:
             seen = set()
@@ -224,6 +224,7 @@ class Judge:
             not_idle_reason=reason,
             judged=self._judged,
             closes=self._closes,
+            warnings=self._warnings,
         )
 
     def _judge_worker(
@@ -235,131 +236,135 @@ class Judge:
             category: str | None,
             detail: str | None = None,
             evidence: Evidence | None = None,
+            pid: int = row.pid,
         ) -> None:
             # Worker clocks may jump: keep every event inside this cycle's window, in order.
             ts = min(max(ts, floor), now)
-            out.append(Event(ts, row.worker_id, event, category, row.pid, detail))
-            self._judged.append(
-                Judged(
-                    row.worker_id, row.pid, row.started_at, _LIVENESS[event], ts, evidence, detail
+            out.append(Event(ts, row.worker_id, event, category, pid, detail))
+            if pid == row.pid:
+                self._judged.append(
+                    Judged(
+                        row.worker_id, pid, row.started_at, _LIVENESS[event], ts, evidence, detail
+                    )
                 )
-            )
 
         t = self._tracked.get(row.worker_id)
-        incarnation = (row.pid, row.started_at)
-        if t is None or t.incarnation != incarnation:
-            previous = self._last_events.pop(row.worker_id, None)
-            if t is None and previous == Ev.EXITED and row.exited_at is not None:
-                t = _Tracked(incarnation, None, None, row.beats, mono, exited=True)  # known, gone
-            elif t is None and previous == Ev.DEAD and self._death(row) is not None:
-                t = _Tracked(incarnation, None, None, row.beats, mono, dead=True)  # known, dead
-            else:
-                detail = f"pid {row.pid} on {row.host}"
-                if t is not None:
-                    # The same id from another process: the old one ended between two cycles.
-                    old_pid = t.incarnation[0]
-                    if not (t.exited or t.dead):
-                        ts = min(max(row.started_at, floor), now)
-                        out.append(
-                            Event(
-                                ts,
-                                row.worker_id,
-                                Ev.DEAD,
-                                None,
-                                old_pid,
-                                "replaced by a new incarnation",
-                            )
-                        )
-                        if t.since is not None:
-                            self._closes.append(
-                                Close(
-                                    row.worker_id,
-                                    old_pid,
-                                    t.category,
-                                    t.since,
-                                    max(t.since, row.started_at),
-                                )
-                            )
-                    detail += f", new incarnation (was pid {old_pid})"
-                elif previous is not None:
-                    detail += ", already running when the scheduler started"
-                # Just after start, the age of last_heartbeat stands in for the beat history,
-                # believed at once up to warn_after. An older beat from a live process is as
-                # likely a wall-clock jump on either side: judged stale only if the beats also
-                # stand still until the next cycle.
-                age = max(0.0, now - row.last_heartbeat)
-                first = row.category if (row.category_since or 0) <= row.started_at else None
-                t = _Tracked(incarnation, None, None, row.beats, mono - age)
-                t.doubtful = age > self.warn_after
-                emit(row.started_at, Ev.JOINED, first, detail)
+        if t is None or t.incarnation != (row.pid, row.started_at):
+            t = self._meet(row, t, now, mono, emit)
             self._tracked[row.worker_id] = t
-        if t.exited:
+        if t.liveness is Liveness.EXITED:
             return self._view(row, State.EXITED, now, mono, t)
         t.category, t.since = row.category, row.category_since
         if row.exited_at is not None:
-            t.exited = True
+            t.liveness = Liveness.EXITED
             emit(row.exited_at, Ev.EXITED, None)
             return self._view(row, State.EXITED, now, mono, t)
         if row.beats != t.beats:
-            t.beats, t.beats_mono = row.beats, mono
-            if t.stale or t.dead:
-                emit(now, Ev.RECOVERED, row.category, "beats resumed")
-                t.stale = t.warned = t.dead = False
-        elif not t.dead:
+            self._beat(t, row, now, mono, emit)
+        elif t.liveness is not Liveness.DEAD:
             # Only a worker whose beats stand still can have died: the others just proved not.
-            evidence = None if late else self._death(row)
-            if evidence is not None:
-                t.dead = True
-                detail = _DEATH[evidence].format(pid=row.pid)
-                emit(now, Ev.DEAD, row.category, detail, evidence)
-                # One line per death: the event is emitted once per episode.
-                log.warning(
-                    "worker %s is dead: %s%s",
-                    row.worker_id,
-                    detail,
-                    f" (in {row.category})" if row.category else "",
-                )
-                if row.category_since is not None:
-                    # The stretch it was in ends here, at the death this cycle found.
-                    self._closes.append(
-                        Close(
-                            row.worker_id,
-                            row.pid,
-                            row.category,
-                            row.category_since,
-                            max(now, row.category_since),
-                        )
-                    )
-            # Nor stale: a paused scheduler may have held the write lock all along, so that
-            # the beats it missed were never written; the next cycle judges afresh.
-            elif (
-                not late
-                and not t.stale
-                and not t.doubtful
-                and mono - t.beats_mono >= self.stale_after
-            ):
-                t.stale = True
-                emit(now, Ev.STALE, row.category, f"no beat for {mono - t.beats_mono:.0f} s")
-            if t.stale and not t.warned and mono - t.beats_mono >= self.warn_after:
-                t.warned = True
-                log.warning(
-                    "worker %s (pid %d) has been stale for %.0f s%s",
-                    row.worker_id,
-                    row.pid,
-                    mono - t.beats_mono,
-                    f" in {row.category}" if row.category else "",
-                )
+            self._still(t, row, now, mono, late, emit)
         t.doubtful = False
-        state = (
-            State.DEAD
-            if t.dead
-            else State.STALE
-            if t.stale
-            else State.BUSY
-            if row.category is not None
-            else State.IDLE
-        )
+        if t.liveness is Liveness.DEAD:
+            state = State.DEAD
+        elif t.liveness is Liveness.STALE:
+            state = State.STALE
+        else:
+            state = State.BUSY if row.category is not None else State.IDLE
         return self._view(row, state, now, mono, t)
+
+    def _meet(
+        self,
+        row: WorkerRow,
+        old: _Tracked | None,
+        now: float,
+        mono: float,
+        emit: Callable[..., None],
+    ) -> _Tracked:
+        """A worker incarnation seen for the first time: one known from an earlier run (gone
+        or dead: nothing to repeat), or one that joins (and replaces `old`, which then died)."""
+        incarnation = (row.pid, row.started_at)
+        previous = self._last_events.pop(row.worker_id, None)
+        if old is None and previous == Ev.EXITED and row.exited_at is not None:
+            return _Tracked(incarnation, None, None, row.beats, mono, Liveness.EXITED)
+        if old is None and previous == Ev.DEAD and self._death(row) is not None:
+            return _Tracked(incarnation, None, None, row.beats, mono, Liveness.DEAD)
+        detail = f"pid {row.pid} on {row.host}"
+        if old is not None:
+            # The same id from another process: the old one ended between two cycles.
+            old_pid = old.incarnation[0]
+            if old.liveness not in (Liveness.EXITED, Liveness.DEAD):
+                emit(row.started_at, Ev.DEAD, None, "replaced by a new incarnation", pid=old_pid)
+                if old.since is not None:
+                    end = max(old.since, row.started_at)
+                    self._closes.append(Close(row.worker_id, old_pid, old.category, old.since, end))
+            detail += f", new incarnation (was pid {old_pid})"
+        elif previous is not None:
+            detail += ", already running when the scheduler started"
+        # Just after start, the age of last_heartbeat stands in for the beat history, believed
+        # at once up to warn_after. An older beat from a live process is as likely a wall-clock
+        # jump on either side: judged stale only if the beats also stand still until the next
+        # cycle.
+        age = max(0.0, now - row.last_heartbeat)
+        first = row.category if (row.category_since or 0) <= row.started_at else None
+        t = _Tracked(incarnation, None, None, row.beats, mono - age)
+        t.doubtful = age > self.warn_after
+        emit(row.started_at, Ev.JOINED, first, detail)
+        return t
+
+    def _beat(
+        self, t: _Tracked, row: WorkerRow, now: float, mono: float, emit: Callable[..., None]
+    ) -> None:
+        """Its beats moved: alive, and recovered if it was stale or dead."""
+        t.beats, t.beats_mono = row.beats, mono
+        if t.liveness in (Liveness.STALE, Liveness.DEAD):
+            emit(now, Ev.RECOVERED, row.category, "beats resumed")
+            t.liveness, t.warned = Liveness.ALIVE, False
+
+    def _still(
+        self,
+        t: _Tracked,
+        row: WorkerRow,
+        now: float,
+        mono: float,
+        late: bool,
+        emit: Callable[..., None],
+    ) -> None:
+        """Its beats stood still since the last cycle: dead if its process is gone, stale once
+        they stood still for stale_after. A late cycle judges neither: a paused scheduler may
+        have held the write lock all along, so that the beats it missed were never written."""
+        evidence = None if late else self._death(row)
+        if evidence is not None:
+            t.liveness = Liveness.DEAD
+            detail = _DEATH[evidence].format(pid=row.pid)
+            emit(now, Ev.DEAD, row.category, detail, evidence)
+            # One finding per death: the event is emitted once per episode.
+            self._warnings.append(
+                f"worker {row.worker_id} is dead: {detail}"
+                + (f" (in {row.category})" if row.category else "")
+            )
+            if row.category_since is not None:
+                # The stretch it was in ends here, at the death this cycle found.
+                end = max(now, row.category_since)
+                self._closes.append(
+                    Close(row.worker_id, row.pid, row.category, row.category_since, end)
+                )
+            return
+        still = mono - t.beats_mono
+        if (
+            not late
+            and t.liveness is Liveness.ALIVE
+            and not t.doubtful
+            and still >= self.stale_after
+        ):
+            t.liveness = Liveness.STALE
+            emit(now, Ev.STALE, row.category, f"no beat for {still:.0f} s")
+        if t.liveness is Liveness.STALE and not t.warned and still >= self.warn_after:
+            t.warned = True
+            self._warnings.append(
+                f"worker {row.worker_id} (pid {row.pid}) has been stale for {still:.0f} s"
+                + (f" in {row.category}" if row.category else "")
+            )
 
     def _death(self, row: WorkerRow) -> Evidence | None:
         """Only a process on this host can be checked; elsewhere, staleness is all we know."""

@@ -321,6 +321,8 @@ class Scheduler(multiprocessing.Process):
             raise DatabaseError(f"{self._path}: the database file was deleted or replaced")
         obs = self.read(now, mono)
         cycle = self.judge.judge(obs, now, mono)
+        for finding in cycle.warnings:
+            log.warning("%s", finding)
         stop_seen = self.stop_event is not None and self.stop_event.is_set()
         # The stretches recorded since the last fold, added to the runs' totals with the cycle.
         folded = None

@@ -204,11 +204,23 @@ def test_restart_does_not_repeat_a_death() -> None:
     assert events(c) == [] and c.workers[0].state == "dead"
 
 
-def test_a_death_is_warned_about_once_per_episode(caplog) -> None:
+def test_a_death_is_warned_about_once_per_episode() -> None:
     m = monitor()
     gone = row("gone", pid=2**22 + 77, category="OCR")
-    with caplog.at_level("WARNING", logger="sqlmon"):
-        for t in range(3):
-            m.judge(obs(1000 + t, [gone]), 1000.0 + t, float(t))
-    warned = [r.getMessage() for r in caplog.records if "dead" in r.getMessage()]
+    warned = [
+        w for t in range(3) for w in m.judge(obs(1000 + t, [gone]), 1000.0 + t, float(t)).warnings
+    ]
     assert warned == [f"worker gone is dead: pid {2**22 + 77} is gone (in OCR)"]
+
+
+def test_a_stale_episode_is_warned_about_once_after_warn_after() -> None:
+    m = monitor(stale_after=2.0, warn_after=4.0)
+    m.judge(obs(1000, [row(beats=1, hb=1000.0, category="OCR")]), 1000.0, 0.0)
+    warned = [
+        w
+        for t in range(1, 8)
+        for w in m.judge(
+            obs(1000 + t, [row(beats=1, category="OCR")]), 1000.0 + t, float(t)
+        ).warnings
+    ]
+    assert warned == [f"worker w (pid {PID}) has been stale for 4 s in OCR"]
