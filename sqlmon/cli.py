@@ -678,7 +678,6 @@ def prune(
     stretches that end before the oldest run left; the task table and worker_status stay.
     Each batch is one short write transaction.
     """
-    from . import config
     from .durations import parse_duration
     from .migrate import describe
     from .prune import old_runs
@@ -695,20 +694,14 @@ def prune(
         verb = "would prune" if dry_run else "nothing to prune:"
         typer.echo(f"{verb} {len(targets)} run(s) {_ids(targets)}older than {older_than}")
         return
-    # The worker role: a plain read-write connection, without the start-up checks and
-    # warnings that belong to whoever starts the monitor.
-    engine = dbmod.engine(db, "worker")
     try:
-        with engine.connect() as conn:
-            # Each batch waits its turn for the write lock like a person's tool would.
-            dbmod.set_busy_timeout(conn, config.INIT_BUSY_TIMEOUT)
+        # Each batch waits its turn for the write lock, as a person's tool would.
+        with dbmod.connect(db, "tool") as conn:
             done = prune_runs(conn, before)
     except SqlmonError as exc:
         fail(f"prune: {exc}")
     except sa.exc.DatabaseError as exc:
         fail(f"prune: {describe(exc)} (batches already done stay done; run it again to finish)")
-    finally:
-        engine.dispose()
     typer.echo(
         f"pruned {len(done.runs)} run(s) {_ids(done.runs)}older than {older_than}: "
         f"{done.snapshots} snapshots, {done.counts} snapshot counts, {done.events} worker "

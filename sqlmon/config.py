@@ -38,7 +38,13 @@ JOURNAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024  # the WAL is truncated back to this
 
 # PostgreSQL: each role's statement_timeout (s; 0: none) and the bound on a transaction left
 # open by mistake
-PG_STATEMENT_TIMEOUT = {"admin": 0.0, "scheduler": 10.0, "worker": 2.0, "read": 30.0}
+PG_STATEMENT_TIMEOUT = {
+    "create": 0.0,
+    "scheduler": 10.0,
+    "heartbeat": 2.0,
+    "tool": 0.0,
+    "read": 30.0,
+}
 PG_IDLE_IN_TRANSACTION = 60.0
 # s a stretch id must have been visible before the fold passes it: PostgreSQL can commit ids
 # out of order, and no worker's insert stays uncommitted this long (its statement_timeout

@@ -24,22 +24,27 @@ from sqlalchemy.engine import URL, Connection, Engine
 from . import config, forks, guards
 from .errors import DatabaseError, DatabaseMissing
 
-Role = Literal["admin", "scheduler", "worker", "read"]
+# Named by what each connection does: create (and migrate) the database; the scheduler's
+# cycles; a worker's heartbeat; a person's or a pipeline's tool that writes (prune, the demo's
+# task table); reading.
+Role = Literal["create", "scheduler", "heartbeat", "tool", "read"]
 
 # How each role opens the file, how long it waits for a lock (s), and how far its WAL may grow
-# before it checkpoints by itself (pages). Only admin may create the file.
-_MODES = {"admin": "rwc", "scheduler": "rw", "worker": "rw", "read": "ro"}
+# before it checkpoints by itself (pages). Only create may create the file.
+_MODES = {"create": "rwc", "scheduler": "rw", "heartbeat": "rw", "tool": "rw", "read": "ro"}
 _BUSY = {
-    "admin": config.INIT_BUSY_TIMEOUT,
+    "create": config.INIT_BUSY_TIMEOUT,
     "scheduler": config.SCHEDULER_BUSY_TIMEOUT,
-    "worker": 0.0,  # the heartbeat waits for the lock itself, in finer steps than SQLite's
+    "heartbeat": 0.0,  # the heartbeat waits for the lock itself, in finer steps than SQLite's
+    "tool": config.INIT_BUSY_TIMEOUT,  # waits its turn for the lock, as a person's tool would
     "read": config.READ_BUSY_TIMEOUT,
 }
 _CONNECT_BUSY_MS = int(config.WORKER_BUSY_TIMEOUT * 1000)  # for a new connection's PRAGMAs
 _AUTOCHECKPOINT = {
-    "admin": config.SCHEDULER_AUTOCHECKPOINT_PAGES,
+    "create": config.SCHEDULER_AUTOCHECKPOINT_PAGES,
     "scheduler": config.SCHEDULER_AUTOCHECKPOINT_PAGES,
-    "worker": config.WORKER_AUTOCHECKPOINT_PAGES,
+    "heartbeat": config.WORKER_AUTOCHECKPOINT_PAGES,
+    "tool": config.WORKER_AUTOCHECKPOINT_PAGES,
 }
 
 
@@ -89,7 +94,7 @@ def engine(
     **kwargs: object,
 ) -> Engine:
     """An engine for `role`; for SQLite, the file is opened with the role's mode and pragmas.
-    The admin role creates a missing file with `file_mode` (-wal and -shm inherit it)."""
+    The create role creates a missing file with `file_mode` (-wal and -shm inherit it)."""
     url = to_url(db)
     path = sqlite_path(url)
     if path is None:
@@ -97,16 +102,16 @@ def engine(
         if is_postgresql(url):
             _configure_postgresql(eng, role)
         return eng
-    if role != "admin" and not os.path.exists(path):
+    if role != "create" and not os.path.exists(path):
         raise DatabaseMissing(f"{path}: no such database (create it with `sqlmon init`)")
     if os.path.isdir(path):
         raise DatabaseError(f"{path}: is a directory, not a database")
     forks.require_clean(path)
-    if role in ("admin", "scheduler"):
+    if role in ("create", "scheduler"):
         preflight(path, warn=True)
     if role == "scheduler":
         guards.tell_sqlite_version()  # a scheduler starting: where the WAL-reset notice matters
-    if role == "admin" and not os.path.exists(path):
+    if role == "create" and not os.path.exists(path):
         guards.create_owner_only(path, file_mode)
     uri = URL.create(
         "sqlite",
@@ -116,6 +121,17 @@ def engine(
     eng = sa.create_engine(uri, connect_args={"timeout": _BUSY[role]}, **kwargs)  # type: ignore[arg-type]
     _configure_sqlite(eng, role)
     return eng
+
+
+@contextmanager
+def connect(db: str | os.PathLike[str] | URL, role: Role, **kwargs: Any) -> Iterator[Connection]:
+    """A connection of `role` for the block; its engine is disposed on the way out."""
+    eng = engine(db, role, **kwargs)
+    try:
+        with eng.connect() as conn:
+            yield conn
+    finally:
+        eng.dispose()
 
 
 def preflight(db: str | os.PathLike[str] | URL, *, warn: bool) -> None:
@@ -149,7 +165,7 @@ def _configure_sqlite(eng: Engine, role: Role) -> None:
             if role == "read":
                 cur.execute("PRAGMA query_only = 1")
                 return
-            if role in ("admin", "scheduler"):
+            if role in ("create", "scheduler"):
                 # Switching a new file to WAL takes an exclusive lock, and SQLite skips the busy
                 # handler when waiting could deadlock (another opener holds its shared lock): when
                 # several processes create the database at once, retry for the busy timeout.

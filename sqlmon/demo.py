@@ -142,7 +142,7 @@ def worker_main(
     # terminate, as on any other stop, so that each closes its heartbeat (exited, not dead).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     hb = Heartbeat(db, worker_id, pool)
-    engine = dbmod.engine(db, "admin")
+    engine = dbmod.engine(db, "tool")
     rng = random.Random(worker_id)
     try:
         with engine.connect() as conn:
@@ -183,11 +183,9 @@ def run(settings: DemoSettings) -> DemoResult:
     stop, terminate = ctx.Event(), ctx.Event()
     # The monitor goes last, so that its history holds every worker's exit.
     monitor_done = ctx.Event()
-    engine = dbmod.engine(settings.db, "admin")
-    with engine.connect() as conn:
+    with dbmod.connect(settings.db, "tool") as conn:
         enqueue(conn, workload(settings.videos, settings.frames, time.time()))
         started = dbmod.clock(conn)  # the idle verdict's clock: the server's on PostgreSQL
-    engine.dispose()
     scheduler = Scheduler(
         settings.db,
         stop=stop,
@@ -294,12 +292,8 @@ def _cycles_pass(db: str, n: int, timeout: float) -> None:
 def _latest_run(db: str) -> int | None:
     from .schema import runs
 
-    engine = dbmod.engine(db, "read")
-    try:
-        with engine.connect() as conn, dbmod.read(conn):
-            return conn.execute(sa.select(sa.func.max(runs.c.run_id))).scalar()
-    finally:
-        engine.dispose()
+    with dbmod.connect(db, "read") as conn, dbmod.read(conn):
+        return conn.execute(sa.select(sa.func.max(runs.c.run_id))).scalar()
 
 
 def default_db() -> str:

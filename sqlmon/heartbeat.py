@@ -225,7 +225,7 @@ class Heartbeat:
         self._drop_connection()
 
     def _open(self) -> None:
-        engine = dbmod.engine(self.db, "worker")
+        engine = dbmod.engine(self.db, "heartbeat")
         pid = os.getpid()
         if engine.dialect.name == "postgresql":
             self._open_postgresql(engine)

@@ -23,12 +23,9 @@ def idle_now(conn: Connection, since: float | None = None) -> liveness.Verdict:
 def is_idle(db: str | os.PathLike[str] | sa.URL, since: float | None = None) -> bool:
     """True only when the scheduler is alive and says idle; with `since` (unix s), only when
     every read behind that verdict began after it."""
-    engine = _engine(db)
-    try:
-        with engine.connect() as conn:
-            return idle_now(conn, since).alive
-    finally:
-        engine.dispose()
+    check_database(db)  # a missing, foreign or outdated database: the same clear error as anywhere
+    with dbmod.connect(db, "read") as conn:
+        return idle_now(conn, since).alive
 
 
 def wait_idle(
@@ -48,33 +45,24 @@ def wait_idle(
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     seen_alive = False
-    engine = _engine(db)
-    try:
-        with engine.connect() as conn:
-            # On the database's clock, which the scheduler's verdict is stamped with.
-            since = dbmod.clock(conn) if since is None else since
-            while True:
-                row, now = liveness.observe(conn)
-                verdict = liveness.idle_verdict(row, now, since)
-                if verdict.alive:
-                    return True
-                life = liveness.judge(row, now)
-                seen_alive = seen_alive or life.alive
-                interval = row.interval if row is not None else config.INTERVAL
-                if not life.alive and (
-                    seen_alive or time.monotonic() - started >= config.fresh_for(interval)
-                ):
-                    raise SchedulerGone(life.reason)
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
-                time.sleep(
-                    poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-                )
-    finally:
-        engine.dispose()
-
-
-def _engine(db: str | os.PathLike[str] | sa.URL) -> sa.Engine:
-    # A missing, foreign or outdated database gets the same clear error as everywhere else.
-    check_database(db)
-    return dbmod.engine(db, "read")
+    check_database(db)  # the same clear error as anywhere for a foreign or missing file
+    with dbmod.connect(db, "read") as conn:
+        # On the database's clock, which the scheduler's verdict is stamped with.
+        since = dbmod.clock(conn) if since is None else since
+        while True:
+            row, now = liveness.observe(conn)
+            verdict = liveness.idle_verdict(row, now, since)
+            if verdict.alive:
+                return True
+            life = liveness.judge(row, now)
+            seen_alive = seen_alive or life.alive
+            interval = row.interval if row is not None else config.INTERVAL
+            if not life.alive and (
+                seen_alive or time.monotonic() - started >= config.fresh_for(interval)
+            ):
+                raise SchedulerGone(life.reason)
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(
+                poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            )

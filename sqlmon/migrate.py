@@ -40,7 +40,7 @@ def init_db(db: str | os.PathLike[str] | URL, *, file_mode: int = config.DB_FILE
         if os.path.isfile(path) and os.path.getsize(path) > 0:
             _refuse_foreign(url)  # before the admin connection turns on WAL: change nothing
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = dbmod.engine(url, "admin", file_mode=file_mode)
+    engine = dbmod.engine(url, "create", file_mode=file_mode)
     try:
         with engine.connect() as conn, dbmod.write(conn):
             dbmod.lock_schema(conn)  # two processes initialising at once: one migrates

@@ -73,7 +73,7 @@ def test_a_lost_connection_drops_one_beat_and_the_next_reconnects(pg_db: str) ->
     with _pg(pg_db) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'sqlmon-worker'"
+            "WHERE application_name = 'sqlmon-heartbeat'"
         )
     hb.beat("B")  # never raises
     hb.beat("C")

@@ -458,7 +458,7 @@ def test_hud_every_0_turns_the_hud_off(db: str, caplog) -> None:
 
 
 def test_demo_pipeline_helpers_claim_atomically(db: str) -> None:
-    engine = dbmod.engine(db, "admin")
+    engine = dbmod.engine(db, "tool")
     with engine.connect() as conn:
         enqueue(conn, [{"category": "OCR", "pool": "gpu", "created_at": 0, "payload": "v/1"}])
         task = claim(conn, "gpu-1", "gpu")

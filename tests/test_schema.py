@@ -99,7 +99,7 @@ def test_an_older_schema_is_refused_until_init_upgrades_it(tmp_path: Path) -> No
     from alembic.config import Config
 
     path = str(tmp_path / "old.db")
-    engine = dbmod.engine(path, "admin")
+    engine = dbmod.engine(path, "create")
     with engine.connect() as conn, dbmod.write(conn):
         cfg = Config()
         cfg.set_main_option("script_location", str(migrations_dir()))
