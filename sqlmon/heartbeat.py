@@ -189,7 +189,9 @@ class Heartbeat:
             return
         # Each stretch starts strictly after the last: two starts at one instant would be one
         # key of the record (a float near 1.8e9 resolves about 240 ns).
-        at = max(self._clock(now), math.nextafter(self._since, math.inf))
+        at = self._clock(now)
+        if at <= self._since:
+            at = math.nextafter(self._since, math.inf)
         self._close_stretch(at, outcome, error)
         # A str needs no conversion: a call saved on the path of every change.
         self._category_text = category if type(category) is str else _text(category)
