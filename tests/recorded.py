@@ -75,6 +75,12 @@ def build_history(path: str) -> History:
     second.step(now=t0 + 32, mono=mono + 32)
     second.close("terminate", now=t0 + 32.5)
     execute(path, "UPDATE runs SET ended_at = NULL, end_reason = NULL WHERE run_id = 2")
+    # As a SIGKILL leaves it: run 2's scheduler process is gone (this one stepped it by hand,
+    # and would read alive for a few seconds once the real clock caught up with its own).
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    execute(path, "UPDATE scheduler_state SET pid = ?, pid_start = NULL", (gone.pid,))
+    execute(path, "UPDATE runs SET pid = ? WHERE run_id = 2", (gone.pid,))
     return History(path, t0)
 
 
