@@ -112,19 +112,25 @@ class Report:
         return None if self.drained_at is None else self.drained_at - self.started_at
 
 
+def drained_at(conn: Connection, run_id: int) -> float | None:
+    """When the run's idle verdict began that held to its end (the drain), or None."""
+    s = snapshots.c
+    last_busy = conn.execute(
+        sa.select(sa.func.max(s.ts)).where(s.run_id == run_id, s.idle == 0)
+    ).scalar()
+    q = sa.select(sa.func.min(s.ts)).where(s.run_id == run_id, s.idle == 1)
+    if last_busy is not None:
+        q = q.where(s.ts > last_busy)
+    got = conn.execute(q).scalar()
+    return None if got is None else float(got)
+
+
 def run_report(conn: Connection, run_id: int, *, state: str, end: float) -> Report:
     """The post-run analysis of one run; `end` is the run's end or the last moment it lived."""
     run = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).one()
     settings = json.loads(run.config or "{}")
     stale_after = settings.get("stale_after")
-    s = snapshots.c
-    last_busy = conn.execute(
-        sa.select(sa.func.max(s.ts)).where(s.run_id == run_id, s.idle == 0)
-    ).scalar()
-    drained_q = sa.select(sa.func.min(s.ts)).where(s.run_id == run_id, s.idle == 1)
-    if last_busy is not None:
-        drained_q = drained_q.where(s.ts > last_busy)
-    drained = conn.execute(drained_q).scalar()
+    drained = drained_at(conn, run_id)
     stale, dead = troubles(conn, run_id, end)
     gaps: dict[str, float] = {}
     for ep in stale:

@@ -17,7 +17,7 @@ from .durations import format_length, format_time
 from .eventlog import stretch_workers
 from .queries import natural
 from .render import clean
-from .report import troubles
+from .report import drained_at, troubles
 from .schema import snapshot_counts, snapshots
 from .stretches import Window, clip
 from .usage import open_stretches
@@ -107,19 +107,6 @@ def load(
         backlog,
         drained_at(conn, run_id),
     )
-
-
-def drained_at(conn: Connection, run_id: int) -> float | None:
-    """When the run's idle verdict began that held to its end (the drain), or None."""
-    s = snapshots.c
-    last_busy = conn.execute(
-        sa.select(sa.func.max(s.ts)).where(s.run_id == run_id, s.idle == 0)
-    ).scalar()
-    q = sa.select(sa.func.min(s.ts)).where(s.run_id == run_id, s.idle == 1)
-    if last_busy is not None:
-        q = q.where(s.ts > last_busy)
-    got = conn.execute(q).scalar()
-    return None if got is None else float(got)
 
 
 # One worker's stretches that overlap [start, end], clipped to it: each one at least a slice
