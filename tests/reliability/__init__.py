@@ -1,1 +1,1 @@
-"""The fault-injection suite (issue 5): scenarios shared by the CI tests and scripts/soak.py."""
+"""The fault-injection suite: scenarios shared by the CI tests and scripts/soak.py."""

@@ -1,4 +1,4 @@
-"""The environment-fault scenarios of issue 5, each a function of its scale (counts, seconds)
+"""The environment-fault scenarios, each a function of its scale (counts, seconds)
 that returns a harness.Outcome: what it injected, what it measured, what did not hold. The CI
 tests (test_env_faults.py) run them small; scripts/soak.py runs them long.
 

@@ -1,4 +1,4 @@
-"""Process faults (issue 5, scenarios 1-3 and 6-12): kills, pauses, lock holders, fork and
+"""Process faults: kills, pauses, lock holders, fork and
 start-up storms, idle races, pid reuse. Each scenario is a function of its counts, returning an
 Outcome; the CI tests call them small, scripts/soak.py large. Faults come from outside the code
 under test: os.kill on real processes, the sqlite3 shell, the kernel's pid allocator.
@@ -44,7 +44,7 @@ from .harness import (
     worker_errors,
 )
 
-FORK = multiprocessing.get_context("fork")  # fast restarts; scenario 6 covers the others
+FORK = multiprocessing.get_context("fork")  # fast restarts; fork_safety covers the others
 GUARD = 60.0  # s: waits give up after this (a hang is reported, never a pass criterion)
 
 

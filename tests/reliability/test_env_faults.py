@@ -1,7 +1,7 @@
-"""The environment-fault half of the reliability suite (issue 5): long readers (4), contention
-(5), wall-clock jumps (13), a full disk (14), injected I/O errors (15), permissions (18) and
-the environment guards (19). The scenarios themselves live in env_scenarios.py, so that the
-soak can run them longer; here they run at CI scale."""
+"""The environment-fault half of the reliability suite: long readers, contention,
+wall-clock jumps, a full disk, injected I/O errors, permissions and the environment guards.
+The scenarios themselves live in env_scenarios.py, so that the soak can run them longer; here
+they run at CI scale."""
 
 from __future__ import annotations
 
@@ -377,9 +377,10 @@ def test_scenario(scenario, tmp_path: Path) -> None:  # type: ignore[no-untyped-
 
 
 def test_sixteen_workers_opening_at_once_never_raise(tmp_path: Path) -> None:
-    """Found by scenario 5 at soak scale: a new connection's PRAGMAs met a busy WAL index and
-    the driver's error escaped the Heartbeat, raising into a worker's loop. It later failed
-    about once in ten runs for another reason, held deterministically by the next test."""
+    """Found by the contention scenario at soak scale: a new connection's PRAGMAs met a busy
+    WAL index and the driver's error escaped the Heartbeat, raising into a worker's loop. It
+    later failed about once in ten runs for another reason, held deterministically by the next
+    test."""
     failed = 0
     for rnd in range(5):
         db = str(tmp_path / f"{rnd}.db")

@@ -1,4 +1,4 @@
-"""Scenario 16 of the reliability suite: hostile files given to every CLI command.
+"""The reliability suite's hostile files: given to every CLI command.
 
 Each command gets random bytes, an empty file, a missing path, a directory, a foreign SQLite
 database, a newer schema, a corrupted page, a schema that calls an unknown function, and good

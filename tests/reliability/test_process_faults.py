@@ -1,4 +1,4 @@
-"""The CI tier of the process-fault scenarios (issue 5: 1-3, 6-12), at small counts.
+"""The CI tier of the process-fault scenarios, at small counts.
 
 scripts/soak.py runs the same functions longer and larger. Each test's pass criterion is the
 scenario's own: counts and cycles against the driver's ground truth, never a wall-clock bound.
