@@ -325,7 +325,7 @@ class Scheduler(multiprocessing.Process):
             log.warning("%s", finding)
         stop_seen = self.stop_event is not None and self.stop_event.is_set()
         # The stretches recorded since the last fold, added to the runs' totals with the cycle.
-        folded = None
+        folded: tuple[int, dict[stretches.TotalKey, stretches.Total]] = (self._folded, {})
         if obs.stretches:
             folded = (obs.stretches[-1][0], stretches.fold(obs.stretches, self._windows))
         seconds = time.perf_counter() - started
@@ -354,8 +354,7 @@ class Scheduler(multiprocessing.Process):
                 )
             self.writes_skipped = 0
             self._unwritten, self._unwritten_judged, self._unwritten_closes = [], [], []
-            if folded is not None:
-                self._folded = folded[0]
+            self._folded = folded[0]
         except LeaseLost:
             self._leading = False
             raise

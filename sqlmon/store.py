@@ -212,7 +212,7 @@ def record(
     events: Sequence[Event] | None = None,
     judged: Sequence[Judged] = (),
     closes: Sequence[Close] = (),
-    folded: tuple[int, dict[stretches.TotalKey, stretches.Total]] | None = None,
+    folded: tuple[int, dict[stretches.TotalKey, stretches.Total]],
 ) -> None:
     """The idle row (fenced: LeaseLost unless this scheduler still holds `term`, and then
     nothing of the cycle is written), the snapshot, its counts, the cycle's events and
@@ -231,16 +231,14 @@ def record(
             cycle.not_idle_reason,
             int(stop_seen),
             expires_at,
+            folded[0],
             term,
         ),
     )
     if fenced != 1:
         raise LeaseLost(f"another scheduler holds the lease (this one held term {term})")
-    if folded is not None:
-        last_id, totals = folded
-        if totals:
-            _ADD_TOTALS.many(conn, [(*k, *t) for k, t in totals.items()])
-        _FOLDED.run(conn, (last_id,))
+    if folded[1]:
+        _ADD_TOTALS.many(conn, [(*k, *t) for k, t in folded[1].items()])
     if closes:
         _CLOSE.many(conn, [(*c, str(Outcome.DEAD)) for c in closes])
     if judged:
@@ -341,6 +339,7 @@ _STATE = (
     "not_idle_reason",
     "stop_seen",
     "expires_at",
+    "folded_id",
 )
 # The fence: the idle row is written only by the holder of the lease's current term.
 _UPDATE_STATE = Prepared(
@@ -349,12 +348,6 @@ _UPDATE_STATE = Prepared(
     .where(scheduler_state.c.term == sa.bindparam("held_term"))
     .values(run_id=sa.bindparam("run_id"), **{n: sa.bindparam(n) for n in _STATE}),
     ("run_id", *_STATE, "held_term"),
-)
-_FOLDED = Prepared(
-    sa.update(scheduler_state)
-    .where(scheduler_state.c.id == sa.literal_column("1"))
-    .values(folded_id=sa.bindparam("folded_id")),
-    ("folded_id",),
 )
 
 
