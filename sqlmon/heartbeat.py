@@ -49,7 +49,17 @@ def _before_fork() -> None:
     # The child must not inherit an open connection (see forks.py): the parent's heartbeats
     # let go of theirs, and their next write opens a new one, as the same incarnation.
     for hb in list(_live):
+        hb._reopen = hb._beat_sql is not None
         hb._close_connection()
+
+
+def _after_fork_in_parent() -> None:
+    # On PostgreSQL the worker's server connection is evidence of its life: a parent that then
+    # works for long without a beat must not look dead for want of one. SQLite needs nothing.
+    for hb in list(_live):
+        if hb._reopen:
+            hb._reopen = False
+            hb._write(_monotonic())
 
 
 def _after_fork_in_child() -> None:
@@ -59,11 +69,17 @@ def _after_fork_in_child() -> None:
         hb._init_process_state()
 
 
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 class _FileReplaced(DatabaseError):
     """The database file was deleted or replaced since this connection opened it."""
+
+
+class _Displaced(Exception):
+    """This incarnation's row is gone: taken over under its worker id, or pruned."""
 
 
 class Heartbeat:
@@ -77,10 +93,12 @@ class Heartbeat:
         *,
         min_interval: float = config.MIN_INTERVAL,
         host: str | None = None,
+        boot_id: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`host` names this worker's machine (default: its host name); `clock` is its wall
-        clock (unix s), which on PostgreSQL only matters until the first connection."""
+        """`host` names this worker's machine and `boot_id` its boot (default: this machine's
+        host name and boot id); `clock` is its wall clock (unix s), which on PostgreSQL only
+        matters until the first connection, and for the skew it shows."""
         check_database(db)  # misconfiguration raises here, never later in the worker's loop
         dbmod.preflight(db, warn=False)  # -wal / -shm this process cannot write, NFS, FUSE
         self.db = dbmod.url_text(db)
@@ -88,15 +106,22 @@ class Heartbeat:
         self.pool = str(pool)
         self.min_interval = float(min_interval)
         self.host = socket.gethostname() if host is None else str(host)
+        self.boot_id = identity.boot_id() if boot_id is None else str(boot_id)
         self.clock = clock
         self.missed = 0  # writes dropped (locked database, full disk, replaced file)
         self.lost = 0  # closed stretches dropped because too many waited for a write
+        # Why this worker's row is no longer its own (taken over by a process under the same
+        # id, or pruned), once a write found it so: from then on nothing is written, and every
+        # write is counted missed. A worker may check it to stop itself.
+        self.displaced: str | None = None
         self._init_process_state()
         _live.add(self)
 
     def _init_process_state(self) -> None:
         """What belongs to one process: its incarnation, its stretches and its connection."""
         self._pid = 0  # set by the first open in this process
+        self._registered = False  # this incarnation's row was written whole (the upsert)
+        self._reopen = False  # a fork closed the connection: reopen it in the parent
         self._started_at = 0.0
         self._category: Any = _UNSET
         self._category_text: str | None = None
@@ -123,7 +148,9 @@ class Heartbeat:
         self._sql = ""  # the upsert
         self._update_sql: str | None = None  # this incarnation's row, when it is there
         self._stretch_sql = ""
+        self._whose_sql = ""
         self._beat_sql: str | None = None  # PostgreSQL's plain beat
+        self._backend: str | None = None  # PostgreSQL: this connection, 'pid@postmaster start'
         # A file gone or replaced since the check is as much a dropped beat as a locked one.
         # sqlite3.Error from the start: opening runs the connection's PRAGMAs, whose errors
         # (a busy WAL index while 16 workers start at once) SQLAlchemy passes on unwrapped.
@@ -136,7 +163,18 @@ class Heartbeat:
 
     # Processes receive plain data: a spawned child gets the settings, never the connection.
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("db", "worker_id", "pool", "min_interval", "missed", "lost", "host", "clock")
+        keep = (
+            "db",
+            "worker_id",
+            "pool",
+            "min_interval",
+            "missed",
+            "lost",
+            "host",
+            "boot_id",
+            "clock",
+            "displaced",
+        )
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -253,6 +291,7 @@ class Heartbeat:
         # Once this incarnation's row exists, a beat is a plain UPDATE of what a beat changes,
         # cheaper than the upsert, which also tries an INSERT and sets every column.
         self._update_sql = dbmod.positional_sql(_update(), dialect, _UPDATED + _KEY)
+        self._whose_sql = _WHOSE.replace("%s", "?")
         self._stretch_sql = dbmod.positional_sql(_insert_stretch("sqlite"), dialect, _STRETCH)
         self._errors = (*self._errors, engine.dialect.loaded_dbapi.Error)
         self._engine, self._conn = engine, conn
@@ -271,14 +310,18 @@ class Heartbeat:
         try:
             driver.autocommit = True  # each write is one statement and its own transaction
             cursor = driver.cursor()
+            before = _monotonic()
+            cursor.execute(_CONNECTED)
+            after = _monotonic()
+            server, backend_pid, postmaster = cursor.fetchone()
+            # Behind a pooler the server connection changes under the client, and libpq's
+            # backend pid is the pooler's own: no connection stands for this worker then.
+            direct = driver.info.backend_pid == backend_pid
+            self._backend = f"{backend_pid}@{postmaster!r}" if direct else None
             if not self._anchored:
                 # The stretch clock from here on is the server's: what a worker on a host
                 # whose clock is off records still lines up with the runs (to within half a
                 # round trip).
-                before = _monotonic()
-                cursor.execute(str(sa.select(db_now()).compile(dialect=dialect)))
-                after = _monotonic()
-                (server,) = cursor.fetchone()
                 self._shift_clock(server - self._clock((before + after) / 2))
         except BaseException:
             conn.close()
@@ -286,11 +329,12 @@ class Heartbeat:
             raise
         self._engine, self._conn, self._cursor = engine, conn, cursor
         names = _UPDATED_PG + _KEY
-        self._sql = dbmod.positional_sql(_upsert("postgresql"), dialect, _COLUMNS)
+        self._sql = _CLOSED_CTE + dbmod.positional_sql(_upsert("postgresql"), dialect, _COLUMNS_PG)
         self._beat_sql = dbmod.positional_sql(_update(asynchronous=True), dialect, names)
-        self._update_sql = _CLOSED_CTE + dbmod.positional_sql(
+        self._update_sql = _CLOSED_OWN_CTE + dbmod.positional_sql(
             _update(server_clock=True), dialect, names
         )
+        self._whose_sql = _WHOSE
 
     def _shift_clock(self, shift: float) -> None:
         """Move the stretch clock by `shift` s, with what it already measured."""
@@ -301,6 +345,9 @@ class Heartbeat:
         self._anchored = True
 
     def _write(self, now: float, exited: bool = False) -> None:
+        if self.displaced is not None:
+            self._drop(now)
+            return
         try:
             if self._cursor is None:
                 self._open()
@@ -335,10 +382,12 @@ class Heartbeat:
             self._contended = dbmod.is_busy(exc)
             self._last_write = -float("inf")
             if isinstance(exc, _FileReplaced):
-                # What was written since the last look went into a file that is gone.
+                # What was written since the last look went into a file that is gone; the
+                # file at the path now is another database, where this worker registers anew.
                 self.missed += self._unchecked[0]
                 self.lost += self._unchecked[1]
                 self._unchecked = (0, 0)
+                self._registered = False
             if isinstance(exc, _FileReplaced) or self._broken():
                 # The next write opens whatever is at the path now, or a new connection to
                 # the server (restarted, failed over).
@@ -349,11 +398,48 @@ class Heartbeat:
                     "heartbeat of %s dropped (%d so far): %s", self.worker_id, self.missed, exc
                 )
             return
+        except _Displaced as exc:
+            self.displaced = str(exc)
+            log.warning(
+                "heartbeat of %s stops writing: its row was %s; this process no longer speaks "
+                "for the worker id",
+                self.worker_id,
+                self.displaced,
+            )
+            self._close_connection()
+            self._last_log = now  # said just now: _drop says it again a minute on at most
+            self._drop(now)
+            return
+        self._registered = True
         if self._inode is not None and not looked:
             self._unchecked = (self._unchecked[0] + 1, self._unchecked[1] + len(stretches))
         self._pending = []
         self._contended = False
         self._last_write = now
+
+    def _drop(self, now: float) -> None:
+        """A write of a displaced worker: counted missed, its stretches lost, nothing written."""
+        self.missed += 1
+        self.lost += len(self._pending)
+        self._pending = []
+        self._last_write = now  # paced like a write, so that a busy loop counts no more
+        if now - self._last_log >= config.MISSED_LOG_EVERY:
+            self._last_log = now
+            log.warning(
+                "heartbeat of %s not written (%d so far): its row was %s",
+                self.worker_id,
+                self.missed,
+                self.displaced,
+            )
+
+    def _displaced(self, cursor: Any) -> _Displaced:
+        """Why this incarnation's row is not there: another process took the worker id, or
+        the row was deleted (pruned)."""
+        cursor.execute(self._whose_sql, (self.worker_id,))
+        found = cursor.fetchone()
+        if found is None:
+            return _Displaced("pruned (deleted from worker_status)")
+        return _Displaced(f"taken over by pid {found[0]} on {found[1]}")
 
     def _broken(self) -> bool:
         driver = getattr(self._conn, "driver_connection", None)
@@ -400,8 +486,34 @@ class Heartbeat:
         """One statement: the UPDATE of this incarnation's row, with the closed `stretches`
         inserted in the same statement; the upsert after it when the row is not there."""
         cursor = self._cursor
-        text, since, _wall, exited_at, missed, lost = values
-        update = (text, since, exited_at, missed, lost, *self._key)
+        text, since, wall, exited_at, missed, lost = values
+        host_clock = self.clock()  # for the skew the server works out: shown, never judged
+        columns = list(zip(*stretches, strict=True)) if stretches else [()] * len(_STRETCH)
+        arrays = [list(c) for c in columns[2:]]  # category .. error
+        if not self._registered:
+            # Its first write: the row whole (an earlier incarnation's is taken over), with
+            # the stretches closed before it.
+            cursor.execute(
+                self._sql,
+                (
+                    self.worker_id,
+                    self._pid,
+                    *arrays,
+                    *self._row,
+                    text,
+                    since,
+                    wall,
+                    self._started_at,
+                    exited_at,
+                    missed,
+                    lost,
+                    self.boot_id,
+                    self._backend,
+                    host_clock,
+                ),
+            )
+            return
+        update = (text, since, exited_at, missed, lost, self._backend, host_clock, *self._key)
         if not stretches and exited_at is None:
             # A plain beat commits without waiting for its WAL to reach the disk: a beat lost
             # to a server crash is harmless (the next one says the same), and it costs the
@@ -409,25 +521,34 @@ class Heartbeat:
             # stretches) and the exit stay synchronous.
             cursor.execute(self._beat_sql, update)
         else:
-            columns = list(zip(*stretches, strict=True)) if stretches else [()] * len(_STRETCH)
-            arrays = [list(c) for c in columns[2:]]  # category .. error
-            cursor.execute(self._update_sql, (self.worker_id, self._pid, *arrays, *update))
-        if cursor.rowcount == 1:
-            return
-        # Its first write, or the row was pruned: the stretches are in (inserting them again
-        # changes nothing), the row is written whole.
-        cursor.execute(
-            self._sql, (*self._row, text, since, _wall, self._started_at, exited_at, missed, lost)
-        )
+            # The stretches go in only while the row is this incarnation's.
+            cursor.execute(
+                self._update_sql, (self.worker_id, self._pid, *arrays, *self._key, *update)
+            )
+        if cursor.rowcount != 1:
+            raise self._displaced(cursor)
 
     def _status(self, cursor: Any, values: tuple[Any, ...]) -> None:
-        if self._update_sql is not None:
+        if self._registered:
             cursor.execute(self._update_sql, (*values, *self._key))
-            if cursor.rowcount == 1:
-                return
+            if cursor.rowcount != 1:
+                raise self._displaced(cursor)
+            return
+        # Its first write: the row whole; an earlier incarnation's row is taken over.
         text, since, wall, exited_at, missed, lost = values
         cursor.execute(
-            self._sql, (*self._row, text, since, wall, self._started_at, exited_at, missed, lost)
+            self._sql,
+            (
+                *self._row,
+                text,
+                since,
+                wall,
+                self._started_at,
+                exited_at,
+                missed,
+                lost,
+                self.boot_id,
+            ),
         )
 
     def _rollback(self) -> None:
@@ -486,7 +607,10 @@ def _insert(name: str) -> Any:
 
 def _upsert(name: str) -> Any:
     t = worker_status
-    stmt = _insert(name)(t).values({c: sa.bindparam(c) for c in _COLUMNS})
+    values: dict[str, Any] = {c: sa.bindparam(c) for c in _COLUMNS}
+    if name == "postgresql":
+        values.update(_on_postgresql())
+    stmt = _insert(name)(t).values(values)
     ex = stmt.excluded
     # Another process under the same id is a new incarnation: its beats restart at 1, so that
     # nothing of the old row leaks into the new one.
@@ -494,7 +618,7 @@ def _upsert(name: str) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=[t.c.worker_id],
         set_={
-            **{c: ex[c] for c in _COLUMNS if c != "worker_id"},
+            **{c: ex[c] for c in values if c != "worker_id"},
             "beats": sa.case((same, t.c.beats + _ONE), else_=_ONE),
         },
     )
@@ -507,6 +631,7 @@ def _update(*, server_clock: bool = False, asynchronous: bool = False) -> Any:
     changed: dict[str, Any] = {c: sa.bindparam(c) for c in _UPDATED}
     if server_clock or asynchronous:
         changed["last_heartbeat"] = db_now()
+        changed.update(_on_postgresql())
     stmt = (
         sa.update(t)
         .where(*(t.c[c] == sa.bindparam(c) for c in _KEY))
@@ -522,6 +647,12 @@ def _update(*, server_clock: bool = False, asynchronous: bool = False) -> Any:
         ).subquery("async_commit")
         stmt = stmt.where(setting.c.value.is_not(None))
     return stmt
+
+
+def _on_postgresql() -> dict[str, Any]:
+    """What a write says on PostgreSQL besides: its connection, and the host's clock against
+    the server's, which the server works out from the host's clock read at the write."""
+    return {"backend": sa.bindparam("backend"), "clock_skew": sa.bindparam("host_clock") - db_now()}
 
 
 def _insert_stretch(name: str) -> Any:
@@ -547,18 +678,33 @@ _COLUMNS = (
     "exited_at",
     "missed",
     "lost",
+    "boot_id",
 )
+_COLUMNS_PG = (*_COLUMNS, "backend", "host_clock")
 # What a beat changes, in the order of a write's values.
 _UPDATED = ("category", "category_since", "last_heartbeat", "exited_at", "missed", "lost")
 _KEY = ("worker_id", "pid", "started_at")  # one incarnation's row
-_UPDATED_PG = tuple(c for c in _UPDATED if c != "last_heartbeat")  # the server's clock there
+# last_heartbeat is the server's clock there
+_UPDATED_PG = (*(c for c in _UPDATED if c != "last_heartbeat"), "backend", "host_clock")
 _STRETCH = ("worker_id", "pid", "category", "started", "ended", "outcome", "error")
 # The stretches a write closed, in the statement that writes the row: one worker id and pid,
 # then an array per column.
-_CLOSED_CTE = (
-    "WITH closed AS (INSERT INTO worker_stretches "
+_UNNEST = (
+    "INSERT INTO worker_stretches "
     f"({', '.join(_STRETCH)}) "
     "SELECT %s, %s, * FROM unnest("
-    "%s::text[], %s::double precision[], %s::double precision[], %s::text[], %s::text[]) "
-    "ON CONFLICT (worker_id, started) DO NOTHING) "
+    "%s::text[], %s::double precision[], %s::double precision[], %s::text[], %s::text[]) AS s "
+)
+_CONFLICT = "ON CONFLICT (worker_id, started) DO NOTHING"
+_CLOSED_CTE = f"WITH closed AS ({_UNNEST}{_CONFLICT}) "
+# ... only while this incarnation's row is there (worker_id, pid, started_at), so that a
+# displaced worker's stretches count among nobody's.
+_CLOSED_OWN_CTE = (
+    f"WITH closed AS ({_UNNEST}WHERE EXISTS (SELECT 1 FROM worker_status "
+    f"WHERE worker_id = %s AND pid = %s AND started_at = %s) {_CONFLICT}) "
+)
+_WHOSE = "SELECT pid, host FROM worker_status WHERE worker_id = %s"
+_CONNECTED = (  # at each connection: the clock, and which server connection this is
+    "SELECT extract(epoch FROM clock_timestamp())::float8, pg_backend_pid(), "
+    "extract(epoch FROM pg_postmaster_start_time())::float8"
 )

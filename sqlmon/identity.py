@@ -1,4 +1,5 @@
-"""Process identity: a pid plus its start time, so that a reused pid cannot hide a death."""
+"""Process identity: a pid plus its start time, so that a reused pid cannot hide a death, and the
+host's boot id, so that a reboot cannot either."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from .states import Evidence
 _LINUX = sys.platform.startswith("linux")
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _boot_time: float | None = None
+_boot_id: str | None = None
 
 
 def _btime() -> float | None:
@@ -24,6 +26,18 @@ def _btime() -> float | None:
         except OSError:
             return None
     return _boot_time
+
+
+def boot_id() -> str | None:
+    """This host's boot id: a new one after every reboot (None where the kernel has none)."""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id = f.read().strip() or None
+        except OSError:
+            return None
+    return _boot_id
 
 
 def _stat(pid: int) -> tuple[bytes, float] | None:

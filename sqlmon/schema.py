@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 # Every revision this sqlmon can read, oldest first; the last is the one it writes.
-REVISIONS = ("0001", "0002", "0003")
+REVISIONS = ("0001", "0002", "0003", "0004")
 HEAD = REVISIONS[-1]
 VERSION_TABLE = "sqlmon_alembic_version"  # not Alembic's default, so a host app's own is safe
 
@@ -32,6 +32,9 @@ worker_status = sa.Table(
     sa.Column("exited_at", sa.Float),
     sa.Column("missed", sa.Integer, nullable=False, server_default="0"),  # beats dropped so far
     sa.Column("lost", sa.Integer, nullable=False, server_default="0"),  # stretches past the bound
+    sa.Column("boot_id", sa.Text),  # the host's boot id: a new one shows the host rebooted
+    sa.Column("backend", sa.Text),  # PostgreSQL: 'pid@postmaster start' of its connection
+    sa.Column("clock_skew", sa.Float),  # PostgreSQL: host clock - database clock (s), shown only
 )
 
 tasks = sa.Table(

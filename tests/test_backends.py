@@ -5,8 +5,10 @@ is_idle / wait_idle, and the CLI's status, check and report."""
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 
@@ -90,13 +92,51 @@ def test_heartbeat_writes_its_row_and_the_stretches_it_closed(any_db: str) -> No
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
 
 
-def test_a_row_taken_over_is_written_whole_again(any_db: str) -> None:
+def _take_over(db: str, worker_id: str) -> int:
+    """Another process registers under `worker_id` (as a restarted worker would), beats once
+    in OCR and exits without closing; its pid."""
+    code = (
+        "import os, sys; from sqlmon import Heartbeat; "
+        f"hb = Heartbeat(sys.argv[1], {worker_id!r}, 'cpu'); hb.beat('OCR'); "
+        "assert hb.missed == 0; print(os.getpid())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, db], capture_output=True, text=True, check=True, timeout=60
+    )
+    return int(done.stdout)
+
+
+def test_a_row_taken_over_is_reported_and_never_written_again(any_db: str, caplog) -> None:
     hb = Heartbeat(any_db, "w", "cpu", min_interval=0.0)
     hb.beat("A")
-    execute(any_db, "UPDATE worker_status SET pid = 1, beats = 41")  # another incarnation
+    other = _take_over(any_db, "w")
+    theirs = sql(any_db, "SELECT pid, category, beats, last_heartbeat FROM worker_status")
+    assert [r[:3] for r in theirs] == [(other, "OCR", 1)]
+    with caplog.at_level(logging.WARNING, logger="sqlmon.heartbeat"):
+        hb.beat("B")  # closes A: a stretch the row no longer speaks for
+        for _ in range(5):
+            hb.beat("C")
+    assert hb.displaced == f"taken over by pid {other} on {socket.gethostname()}"
+    assert sql(any_db, "SELECT pid, category, beats, last_heartbeat FROM worker_status") == theirs
+    assert sql(any_db, "SELECT category FROM worker_stretches WHERE pid = ?", (os.getpid(),)) == []
+    # Nothing written is counted: every write since, and the stretches A and B.
+    assert (hb.missed, hb.lost) == (6, 2)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "taken over" in said[0], said
+
+
+def test_a_pruned_row_is_not_resurrected(any_db: str) -> None:
+    hb = Heartbeat(any_db, "w", "cpu", min_interval=0.0)
+    hb.beat("A")
     hb.beat("B")
-    assert sql(any_db, "SELECT pid, category, beats FROM worker_status") == [(os.getpid(), "B", 1)]
-    assert sql(any_db, "SELECT category FROM worker_stretches") == [("A",)]
+    execute(any_db, "DELETE FROM worker_status")  # pruned, or removed by hand
+    hb.beat("C")
+    hb.close()
+    assert hb.displaced is not None and hb.displaced.startswith("pruned")
+    assert sql(any_db, "SELECT count(*) FROM worker_status") == [(0,)]
+    assert sql(any_db, "SELECT category FROM worker_stretches ORDER BY started") == [("A",)]
+    # A process that starts under the id afterwards registers as usual.
+    assert _take_over(any_db, "w") == sql(any_db, "SELECT pid FROM worker_status")[0][0]
 
 
 def test_a_scheduler_runs_real_workers_to_idle(any_db: str) -> None:

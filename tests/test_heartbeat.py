@@ -16,7 +16,7 @@ from sqlmon import Heartbeat
 from sqlmon.errors import DatabaseMissing, NotInitialised
 
 from . import procs
-from .conftest import execute, sql, write_lock_held
+from .conftest import sql, write_lock_held
 
 ROW = (
     "SELECT pid, pool, category, beats, exited_at IS NOT NULL FROM worker_status "
@@ -129,22 +129,6 @@ def test_a_sleep_that_fails_while_waiting_drops_the_beat(db: str, monkeypatch) -
         hb.beat("B")
         assert sleeps == [20e-6]  # it did try to wait, once
         assert hb.missed == 1
-
-
-def test_a_row_gone_or_taken_over_is_written_whole_again_with_beats_from_one(db: str) -> None:
-    hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
-    hb.beat("A")
-    hb.beat("B")
-    assert sql(db, "SELECT category, beats FROM worker_status") == [("B", 2)]
-    execute(db, "DELETE FROM worker_status")  # pruned, or removed by hand
-    hb.beat("C")
-    assert sql(db, "SELECT category, pool, beats FROM worker_status") == [("C", "cpu", 1)]
-    # Another process took the id over: its row is not this incarnation's, which starts again.
-    execute(db, "UPDATE worker_status SET pid = pid + 1, beats = 40")
-    hb.beat("D")
-    assert sql(db, "SELECT category, pid, beats FROM worker_status") == [("D", os.getpid(), 1)]
-    hb.beat("E")
-    assert sql(db, "SELECT category, beats FROM worker_status") == [("E", 2)]
 
 
 def test_deleted_database_file_never_raises(db: str, tmp_path: Path, monkeypatch) -> None:
