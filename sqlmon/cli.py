@@ -93,6 +93,13 @@ def run(
     warn_after: Annotated[
         float, typer.Option(metavar="SECONDS", help="Stale this long: one warning.")
     ] = config.WARN_AFTER,
+    dead_after: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="Without a beat: dead, for a worker on another host when nothing shows it sooner.",
+        ),
+    ] = config.DEAD_AFTER,
     idle_confirm: Annotated[
         int, typer.Option(metavar="N", help="Idle cycles in a row before idle.")
     ] = config.IDLE_CONFIRM,
@@ -195,6 +202,7 @@ def run(
             interval=interval,
             stale_after=stale_after,
             warn_after=warn_after,
+            dead_after=dead_after,
             idle_confirm=idle_confirm,
             hud_every=0.0 if hud == "off" else hud_every,
             backlog=TaskTable(**table),  # type: ignore[arg-type]

@@ -4,6 +4,9 @@
 INTERVAL = 1.0  # s between cycles
 STALE_AFTER = 10.0  # s without a new beat before a worker is stale
 WARN_AFTER = 30.0  # s of staleness before the one WARNING of an episode
+# s without a beat before a worker whose process the scheduler cannot check (another host)
+# is dead, when nothing else shows its death sooner
+DEAD_AFTER = 60.0
 IDLE_CONFIRM = 2  # consecutive idle cycles, same task high-water mark, before saying idle
 HUD_EVERY = 1.0  # s between HUD log lines, never more often
 LATE_FACTOR = 2.0  # a cycle later than this many intervals means the scheduler was paused

@@ -14,7 +14,8 @@ _boot_time: float | None = None
 _boot_id: str | None = None
 
 
-def _btime() -> float | None:
+def boot_time() -> float | None:
+    """When this host booted (unix s), or None where /proc/stat is missing."""
     global _boot_time
     if _boot_time is None:
         try:
@@ -54,7 +55,7 @@ def _stat(pid: int) -> tuple[bytes, float] | None:
         return None
     finally:
         os.close(fd)
-    boot = _btime()
+    boot = boot_time()
     if boot is None or not stat:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.

@@ -28,7 +28,13 @@ _LIVENESS = {
 _DEATH = {
     Evidence.PID_GONE: "pid {pid} is gone",
     Evidence.PID_REUSED: "pid {pid} now belongs to another process",
+    Evidence.BOOT_ID_CHANGED: "{host} rebooted since it started",
+    Evidence.BACKEND_GONE: "its database connection (server pid {backend}) is gone",
+    Evidence.NO_BEATS: "no beat for {still:.0f} s",
 }
+# Deaths shown by silence alone: the worker may still be working where nothing can check, so
+# one that held a category still keeps the system from idle.
+_UNPROVEN = frozenset({Evidence.NO_BEATS})
 
 
 # The per-worker records are named tuples: a scheduler cycle builds two for each worker, and
@@ -47,6 +53,15 @@ class WorkerRow(NamedTuple):
     started_at: float
     beats: int
     exited_at: float | None
+    boot_id: str | None = None
+    backend: str | None = None  # PostgreSQL: 'pid@postmaster start' of its connection
+
+
+class Backends(NamedTuple):
+    """The server's connections as one cycle read them (PostgreSQL)."""
+
+    postmaster: str  # the server's start, as the workers wrote it in their `backend`
+    pids: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,7 @@ class Observation:
     high_water: int | None = None
     error: str | None = None  # the read failed: nothing is known, so nothing is idle
     stretches: list[Stretch] = field(default_factory=list)  # recorded since the last fold
+    backends: Backends | None = None  # None: no connection to check (SQLite, a pooler)
 
 
 class Event(NamedTuple):
@@ -152,6 +168,8 @@ class _Tracked:
     liveness: Liveness = Liveness.ALIVE
     warned: bool = False  # its stale episode's one warning was given
     doubtful: bool = False  # first seen with a beat too old to believe without a second look
+    unproven: str | None = None  # dead by silence alone, holding this category
+    gone: int = 0  # cycles in a row its server connection was missing
 
 
 class Judge:
@@ -165,14 +183,22 @@ class Judge:
         warn_after: float,
         idle_confirm: int,
         host: str,
+        dead_after: float = config.DEAD_AFTER,
+        boot_id: str | None = None,
+        booted_at: float | None = None,
         late_factor: float = config.LATE_FACTOR,
         death: Callable[[int, float | None], Evidence | None] = identity.death,
     ) -> None:
+        """`host`, `boot_id` and `booted_at` are the scheduler's own host (its processes can be
+        checked), its boot id and when it booted (default: this machine's)."""
         self.interval = interval
         self.stale_after = stale_after
         self.warn_after = warn_after
+        self.dead_after = dead_after
         self.idle_confirm = idle_confirm
         self.host = host
+        self.boot_id = identity.boot_id() if boot_id is None else boot_id
+        self.booted_at = identity.boot_time() if booted_at is None else booted_at
         self.late_factor = late_factor
         self.death = death
         self.cycle = 0
@@ -183,6 +209,9 @@ class Judge:
         self._streak: deque[float] = deque(maxlen=idle_confirm)  # read starts of idle cycles
         self._streak_mark: object = None
         self._idle_since: float | None = None
+        self._boots: dict[str, tuple[float, str]] = {}  # host -> its newest worker's boot
+        self._backends: Backends | None = None
+        self._shared: set[str] = set()  # host names two machines use: no boot evidence there
 
     def seed(self, last_events: Iterable[tuple[str, str]]) -> None:
         """The last event of each worker in earlier runs, so that a restart repeats no exit."""
@@ -201,6 +230,8 @@ class Judge:
         self._warnings: list[str] = []
         views: list[WorkerView] = []
         if obs.error is None:
+            self._backends = obs.backends
+            self._boots = _newest_boots(obs.workers)
             seen = set()
             for row in obs.workers:
                 seen.add(row.worker_id)
@@ -287,7 +318,7 @@ class Judge:
         previous = self._last_events.pop(row.worker_id, None)
         if old is None and previous == Ev.EXITED and row.exited_at is not None:
             return _Tracked(incarnation, None, None, row.beats, mono, Liveness.EXITED)
-        if old is None and previous == Ev.DEAD and self._death(row) is not None:
+        if old is None and previous == Ev.DEAD and self._proof(row) is not None:
             return _Tracked(incarnation, None, None, row.beats, mono, Liveness.DEAD)
         detail = f"pid {row.pid} on {row.host}"
         if old is not None:
@@ -316,10 +347,25 @@ class Judge:
         self, t: _Tracked, row: WorkerRow, now: float, mono: float, emit: Callable[..., None]
     ) -> None:
         """Its beats moved: alive, and recovered if it was stale or dead."""
-        t.beats, t.beats_mono = row.beats, mono
+        t.beats, t.beats_mono, t.gone = row.beats, mono, 0
         if t.liveness in (Liveness.STALE, Liveness.DEAD):
             emit(now, Ev.RECOVERED, row.category, "beats resumed")
-            t.liveness, t.warned = Liveness.ALIVE, False
+            t.liveness, t.warned, t.unproven = Liveness.ALIVE, False, None
+        newest = self._boots.get(row.host)
+        if (
+            row.boot_id is not None
+            and newest is not None
+            and newest[1] != row.boot_id
+            and row.last_heartbeat > newest[0]
+            and row.host not in self._shared
+        ):
+            # A worker of another boot beat after the newest boot began: not a reboot, two
+            # machines share the name.
+            self._shared.add(row.host)
+            self._warnings.append(
+                f"host name {row.host} is used by machines with different boot ids: deaths "
+                "there are judged without their boot"
+            )
 
     def _still(
         self,
@@ -333,10 +379,15 @@ class Judge:
         """Its beats stood still since the last cycle: dead if its process is gone, stale once
         they stood still for stale_after. A late cycle judges neither: a paused scheduler may
         have held the write lock all along, so that the beats it missed were never written."""
-        evidence = None if late else self._death(row)
+        still = mono - t.beats_mono
+        evidence = None if late else self._death(row, t, still)
         if evidence is not None:
             t.liveness = Liveness.DEAD
-            detail = _DEATH[evidence].format(pid=row.pid)
+            t.unproven = row.category if evidence in _UNPROVEN else None
+            backend = (row.backend or "").partition("@")[0]
+            detail = _DEATH[evidence].format(
+                pid=row.pid, host=row.host, backend=backend, still=still
+            )
             emit(now, Ev.DEAD, row.category, detail, evidence)
             # One finding per death: the event is emitted once per episode.
             self._warnings.append(
@@ -350,7 +401,6 @@ class Judge:
                     Close(row.worker_id, row.pid, row.category, row.category_since, end)
                 )
             return
-        still = mono - t.beats_mono
         if (
             not late
             and t.liveness is Liveness.ALIVE
@@ -366,9 +416,49 @@ class Judge:
                 + (f" in {row.category}" if row.category else "")
             )
 
-    def _death(self, row: WorkerRow) -> Evidence | None:
-        """Only a process on this host can be checked; elsewhere, staleness is all we know."""
-        return None if row.host != self.host else self.death(row.pid, row.pid_start)
+    def _proof(self, row: WorkerRow) -> Evidence | None:
+        """What shows at once that the worker's process is no more: on this host its pid; on
+        any host a reboot since it started."""
+        if not self._remote(row):
+            if None not in (row.boot_id, self.boot_id) and row.boot_id != self.boot_id:
+                return Evidence.BOOT_ID_CHANGED  # it started before this host last booted
+            return self.death(row.pid, row.pid_start)
+        newest = self._boots.get(row.host)
+        if (
+            newest is not None
+            and row.boot_id is not None
+            and newest[1] != row.boot_id
+            and newest[0] > row.started_at
+            and row.host not in self._shared
+        ):
+            return Evidence.BOOT_ID_CHANGED
+        return None
+
+    def _remote(self, row: WorkerRow) -> bool:
+        """A process this host cannot check: another host's, or one under this host's name
+        with another boot id that started after this boot (another machine, same name)."""
+        if row.host != self.host:
+            return True
+        if row.boot_id is None or self.boot_id is None or row.boot_id == self.boot_id:
+            return False
+        return self.booted_at is not None and row.started_at > self.booted_at
+
+    def _death(self, row: WorkerRow, t: _Tracked, still: float) -> Evidence | None:
+        """Why a worker whose beats stood still is dead, strongest evidence first, or None."""
+        proof = self._proof(row)
+        if proof is not None or not self._remote(row):
+            return proof
+        if self._backends is not None and row.backend is not None:
+            pid, _, postmaster = row.backend.partition("@")
+            # Two cycles, so that a connection the worker is just replacing is not a death.
+            seen = self._backends
+            missing = postmaster == seen.postmaster and int(pid) not in seen.pids
+            t.gone = t.gone + 1 if missing else 0
+            if t.gone >= 2:
+                return Evidence.BACKEND_GONE
+        if still >= self.dead_after and not t.doubtful:
+            return Evidence.NO_BEATS
+        return None
 
     @staticmethod
     def _view(row: WorkerRow, state: str, now: float, mono: float, t: _Tracked) -> WorkerView:
@@ -406,11 +496,14 @@ class Judge:
             if running:
                 reasons.append(f"{running} task{'s' * (running != 1)} running in {category}")
         for w in views:
-            # A stale worker that holds a category may still be working: not idle.
+            # A stale worker that holds a category may still be working: not idle; nor one
+            # judged dead by its silence alone.
             if w.state == State.BUSY:
                 reasons.append(f"{w.worker_id} busy in {w.category}")
             elif w.state == State.STALE and w.category is not None:
                 reasons.append(f"{w.worker_id} stale for {w.stale_for:.0f} s in {w.category}")
+            elif w.state == State.DEAD and (held := self._tracked[w.worker_id].unproven):
+                reasons.append(f"{w.worker_id} silent for {w.stale_for:.0f} s in {held}")
         if reasons:
             self._streak.clear()
             self._idle_since = None
@@ -427,3 +520,12 @@ class Judge:
         if len(self._streak) < self.idle_confirm:
             return False, f"confirming idle ({len(self._streak)}/{self.idle_confirm})"
         return True, None
+
+
+def _newest_boots(rows: Iterable[WorkerRow]) -> dict[str, tuple[float, str]]:
+    """Each host's boot id as its most recently started worker gives it."""
+    newest: dict[str, tuple[float, str]] = {}
+    for r in rows:
+        if r.boot_id is not None and (r.host not in newest or r.started_at > newest[r.host][0]):
+            newest[r.host] = (r.started_at, r.boot_id)
+    return newest

@@ -48,6 +48,7 @@ class Scheduler(multiprocessing.Process):
         interval: float = config.INTERVAL,
         stale_after: float = config.STALE_AFTER,
         warn_after: float = config.WARN_AFTER,
+        dead_after: float = config.DEAD_AFTER,
         idle_confirm: int = config.IDLE_CONFIRM,
         hud_every: float = config.HUD_EVERY,
         backlog: TaskTable | None = None,
@@ -68,6 +69,8 @@ class Scheduler(multiprocessing.Process):
             )
         if warn_after < stale_after:
             raise ConfigError(f"warn_after ({warn_after} s) must be at least stale_after")
+        if dead_after < stale_after:
+            raise ConfigError(f"dead_after ({dead_after} s) must be at least stale_after")
         if int(idle_confirm) < 1:
             raise ConfigError(f"idle_confirm must be at least 1 (got {idle_confirm})")
         if hud_every < 0:
@@ -80,6 +83,7 @@ class Scheduler(multiprocessing.Process):
             "interval": float(interval),
             "stale_after": float(stale_after),
             "warn_after": float(warn_after),
+            "dead_after": float(dead_after),
             "idle_confirm": int(idle_confirm),
             "hud_every": float(hud_every),
             "task_table": self.backlog.table,
@@ -243,6 +247,7 @@ class Scheduler(multiprocessing.Process):
             interval=s["interval"],
             stale_after=s["stale_after"],
             warn_after=s["warn_after"],
+            dead_after=s["dead_after"],
             idle_confirm=s["idle_confirm"],
             host=self._host,
             late_factor=config.LATE_FACTOR,
@@ -289,6 +294,12 @@ class Scheduler(multiprocessing.Process):
         try:
             with dbmod.read(self._conn):
                 workers = store.read_workers(self._conn)
+                # The server's connections, to show a remote worker's closed connection.
+                backends = (
+                    store.read_backends(self._conn)
+                    if any(w.backend is not None for w in workers)
+                    else None
+                )
                 upto = self._horizon.upto(self._conn, mono)
                 new = store.new_stretches(self._conn, self._folded, upto)
                 if self._task_conn is None:
@@ -300,7 +311,12 @@ class Scheduler(multiprocessing.Process):
             self.errors[f"read: {describe(exc)}"] += 1
             return Observation(read_started=now, error=describe(exc))
         return Observation(
-            read_started=now, workers=workers, backlog=counts, high_water=high, stretches=new
+            read_started=now,
+            workers=workers,
+            backlog=counts,
+            high_water=high,
+            stretches=new,
+            backends=backends,
         )
 
     def step(self, now: float | None = None, mono: float | None = None) -> Cycle:

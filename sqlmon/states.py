@@ -55,6 +55,8 @@ class Evidence(enum.StrEnum):
     PID_GONE = "pid_gone"  # its process no longer exists (or is a zombie)
     PID_REUSED = "pid_reused"  # its pid now belongs to a process started at another time
     REPLACED = "replaced"  # a new process took over its worker id between two cycles
+    BOOT_ID_CHANGED = "boot_id_changed"  # its host rebooted since it started
+    BACKEND_GONE = "backend_gone"  # PostgreSQL: its server connection closed, for two cycles
     NO_BEATS = "no_beats"  # no beat for the dead threshold (another host: no pid to check)
 
 

@@ -20,7 +20,7 @@ from . import identity, liveness, stretches
 from .db import Prepared
 from .dialects import greatest, insert, least
 from .errors import LeaseLost
-from .judge import Close, Cycle, Event, Judged, WorkerRow
+from .judge import Backends, Close, Cycle, Event, Judged, WorkerRow
 from .schema import (
     runs,
     scheduler_state,
@@ -51,6 +51,17 @@ _LAST_STRETCH = Prepared(sa.select(sa.func.coalesce(sa.func.max(_ws.id), 0)))
 
 def read_workers(conn: Connection) -> list[WorkerRow]:
     return list(map(WorkerRow._make, _WORKERS.rows(conn)))
+
+
+_POSTMASTER = "SELECT extract(epoch FROM pg_postmaster_start_time())::float8"
+_CONNECTIONS = "SELECT pid FROM pg_stat_activity"
+
+
+def read_backends(conn: Connection) -> Backends:
+    """PostgreSQL's connections now, and the server's start as workers write it."""
+    (postmaster,) = conn.exec_driver_sql(_POSTMASTER).one()
+    pids = frozenset(pid for (pid,) in conn.exec_driver_sql(_CONNECTIONS))
+    return Backends(repr(postmaster), pids)
 
 
 def new_stretches(conn: Connection, after: int, upto: int = NO_BOUND) -> list[stretches.Stretch]:

@@ -117,13 +117,27 @@ def _skewed(offset: float) -> float:
     return time.time() + offset
 
 
-def beat_as(db: str, worker_id: str, host: str, skew: float, category: str | None, stop):
-    """A worker on another host (by name) whose wall clock is `skew` s off; beats every 0.1 s
-    until `stop` is set, then closes."""
+def beat_as(
+    db: str,
+    worker_id: str,
+    host: str,
+    skew: float,
+    category: str | None,
+    stop,
+    boot_id: str | None = None,
+):
+    """A worker on another host (by name, and boot id if given) whose wall clock is `skew` s
+    off; beats every 0.1 s until `stop` is set, then closes."""
     import functools
 
     hb = Heartbeat(
-        db, worker_id, "cpu", min_interval=0.0, host=host, clock=functools.partial(_skewed, skew)
+        db,
+        worker_id,
+        "cpu",
+        min_interval=0.0,
+        host=host,
+        boot_id=boot_id,
+        clock=functools.partial(_skewed, skew),
     )
     while not stop.is_set():
         hb.beat(category)

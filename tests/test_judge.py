@@ -224,3 +224,39 @@ def test_a_stale_episode_is_warned_about_once_after_warn_after() -> None:
         ).warnings
     ]
     assert warned == [f"worker w (pid {PID}) has been stale for 4 s in OCR"]
+
+
+def test_a_host_name_two_machines_share_is_judged_without_its_boot() -> None:
+    m = monitor(boot_id="mine", booted_at=500.0)
+
+    def two(beats: int, t: float) -> list[WorkerRow]:
+        return [
+            row("a", beats=beats, hb=t)._replace(host="h", boot_id="boot-1"),
+            row("b", started=995.0, beats=beats, hb=t)._replace(host="h", boot_id="boot-2"),
+        ]
+
+    m.judge(obs(1000, two(1, 1000.0)), 1000.0, 0.0)
+    # The worker of the older boot beats after the newer one started: no reboot happened.
+    c = m.judge(obs(1001, two(2, 1001.0)), 1001.0, 1.0)
+    assert c.warnings == [
+        "host name h is used by machines with different boot ids: deaths there are judged "
+        "without their boot"
+    ]
+    c = m.judge(obs(1002, two(2, 1001.0)), 1002.0, 2.0)
+    assert [w.state for w in c.workers] == ["idle", "idle"] and events(c) == []
+
+
+def test_this_hosts_name_with_another_boot_is_checked_by_its_boot() -> None:
+    gone = 2**22 + 4321
+    m = monitor(boot_id="mine", booted_at=995.0)
+    before = row("old", pid=PID, started=990.0)._replace(boot_id="earlier")
+    other = row("twin", pid=gone, started=998.0)._replace(boot_id="elsewhere")
+    c = m.judge(obs(1000, [before, other]), 1000.0, 0.0)
+    # Started before this host's boot, under another boot id: dead, whatever its pid says now.
+    # Started after it, under another boot id: another machine with this name, not checked
+    # by pid (which would say gone).
+    assert [(j.worker_id, j.state, j.evidence) for j in c.judged] == [
+        ("old", "alive", None),
+        ("old", "dead", "boot_id_changed"),
+        ("twin", "alive", None),
+    ]
