@@ -194,6 +194,7 @@ def status_document(live: Live) -> dict[str, object]:
             "state_since": w.state_since,
             "evidence": w.evidence,
             "detail": w.detail,
+            "clock_skew_s": w.clock_skew,
         }
         for w in st.workers
     ]
@@ -224,6 +225,10 @@ def status_document(live: Live) -> dict[str, object]:
         },
         "pools": pools,
         "workers": workers,
+        "hosts": [
+            {"host": h.host, "workers": h.workers, "clock_skew_s": h.clock_skew}
+            for h in queries.hosts(st.workers)
+        ],
     }
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import __version__, live
+from . import __version__, live, queries
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ FAMILIES = (
     ("sqlmon_heartbeat_misses", "counter", "Beats workers dropped (database busy)"),
     ("sqlmon_failed_stretches", "counter", "Busy stretches that ended by an exception"),
     ("sqlmon_scrape_duration_seconds", "gauge", "How long this scrape took to build"),
+    ("sqlmon_host_workers", "gauge", "Workers per host and state (PostgreSQL)"),
+    (
+        "sqlmon_host_clock_skew_seconds",
+        "gauge",
+        "A host's clock minus the database's at its latest write (PostgreSQL; shown, never judged)",
+    ),
     ("sqlmon_worker_state", "gauge", "1 for each worker's current state (--per-worker-metrics)"),
     (
         "sqlmon_worker_heartbeat_age_seconds",
@@ -133,6 +139,17 @@ def families(
         misses.add_metric([pool], sum(w.missed for w in st.workers if w.pool == pool))
         failed.add_metric([pool], data.failed.get(pool, 0))
     out += [transitions, misses, failed]
+
+    if backend == "postgresql":
+        # Workers on many hosts: a series per host (hosts are few), all states zero-filled.
+        by_host = _gauge("sqlmon_host_workers", ("host", "state"))
+        skew = _gauge("sqlmon_host_clock_skew_seconds", ("host",))
+        for h in queries.hosts(st.workers):
+            for state in live.STATES:
+                by_host.add_metric([h.host, state], h.workers.get(state, 0))
+            if h.clock_skew is not None:
+                skew.add_metric([h.host], h.clock_skew)
+        out += [by_host, skew]
 
     if per_worker:
         each = _gauge("sqlmon_worker_state", ("worker", "pool", "state"))

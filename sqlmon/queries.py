@@ -82,6 +82,14 @@ class WorkerLine:
     evidence: str | None = None  # why dead (a states.Evidence)
     detail: str | None = None  # the judgement in words
     missed: int = 0  # beats it dropped
+    clock_skew: float | None = None  # its host's clock minus the database's (PostgreSQL)
+
+
+@dataclass(frozen=True)
+class HostLine:
+    host: str
+    workers: dict[str, int]  # by state
+    clock_skew: float | None  # at the host's latest write: its clock minus the database's
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,7 @@ def status(conn: Connection, now: float | None = None, host: str | None = None) 
                 r.evidence if state == State.DEAD else None,
                 r.detail if state in (State.STALE, State.DEAD) else None,
                 r.missed,
+                r.clock_skew,
             )
         )
     workers.sort(key=lambda x: (x.pool, natural(x.worker_id)))
@@ -177,6 +186,22 @@ def status(conn: Connection, now: float | None = None, host: str | None = None) 
         snap.cycle if snap else None,
         verdict,
     )
+
+
+def hosts(workers: list[WorkerLine]) -> list[HostLine]:
+    """The workers' hosts: how many workers each has in each state, and how far its clock is
+    from the database's as its latest write measured it. For people; never used to judge."""
+    found: dict[str, tuple[dict[str, int], float, float | None]] = {}
+    for w in workers:
+        states, latest, skew = found.get(w.host, ({}, -float("inf"), None))
+        states[w.state] = states.get(w.state, 0) + 1
+        if w.clock_skew is not None and w.last_heartbeat > latest:
+            latest, skew = w.last_heartbeat, w.clock_skew
+        found[w.host] = (states, latest, skew)
+    return [
+        HostLine(host, states, skew)
+        for host, (states, _latest, skew) in sorted(found.items(), key=lambda h: natural(h[0]))
+    ]
 
 
 def natural(text: str) -> tuple[tuple[int, int | str], ...]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .durations import format_length, format_time, iso_time
-from .queries import NO_RUNS, EventLine, RunLine, SnapshotLine, Status
+from .queries import NO_RUNS, EventLine, RunLine, SnapshotLine, Status, hosts
 
 if TYPE_CHECKING:  # report.py costs a command that only shows the status 10 ms to import
     from .report import Report
@@ -187,8 +187,13 @@ def status_data(st: Status) -> dict[str, object]:
                 "beats": w.beats,
                 "busy_seconds": _seconds(_busy_for(w, st.now)),
                 "heartbeat_age_seconds": _seconds(st.now - w.last_heartbeat),
+                "clock_skew_seconds": _seconds(w.clock_skew),
             }
             for w in st.workers
+        ],
+        "hosts": [
+            {"host": h.host, "workers": h.workers, "clock_skew_seconds": _seconds(h.clock_skew)}
+            for h in hosts(st.workers)
         ],
         "backlog": {
             "snapshot_time": iso_time(st.backlog_ts),
@@ -266,6 +271,7 @@ def _status_parts(st: Status) -> tuple[list[str], list[str], list[str]]:
             top.append(f"idle: no: {clean(s.not_idle_reason) or 'the scheduler is not alive'}")
         if s.stop_seen:
             top.append("stop: seen (the pipeline asked to stop; monitoring goes on)")
+    top += _hosts_line(st)
     workers = [
         f"workers ({len(st.workers)}):",
         *listing(st.workers, _worker_columns(st.now), "table").split("\n"),
@@ -283,6 +289,24 @@ def _status_parts(st: Status) -> tuple[list[str], list[str], list[str]]:
         ).split("\n"),
     ]
     return top, workers, backlog
+
+
+def _hosts_line(st: Status) -> list[str]:
+    """One line for workers on many hosts: each host's live workers, and how far its clock is
+    from the database's (shown, never used to judge). None for one host and no skew known."""
+    found = hosts(st.workers)
+    if len(found) < 2 and all(h.clock_skew is None for h in found):
+        return []
+    parts = []
+    for h in found:
+        clock = "" if h.clock_skew is None else f", clock {_signed(h.clock_skew)}"
+        live = sum(n for state, n in h.workers.items() if state != "exited")
+        parts.append(f"{clean(h.host)} {live} worker{'s' * (live != 1)}{clock}")
+    return ["hosts: " + "; ".join(parts)]
+
+
+def _signed(seconds: float) -> str:
+    return ("+" if seconds >= 0 else "") + format_length(seconds)
 
 
 def _cut(block: list[str], room: int) -> list[str]:

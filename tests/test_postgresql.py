@@ -4,15 +4,29 @@ the fold never skips a stretch that commits out of id order."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import subprocess
+import sys
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sqlmon import Heartbeat, Scheduler
 
 from . import procs
 from .conftest import _pg, sql
+from .test_serve import promtool_check
+
+
+def sqlmon(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "sqlmon", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
 
 pytestmark = pytest.mark.postgresql
 
@@ -88,7 +102,9 @@ def test_a_lost_connection_drops_one_beat_and_the_next_reconnects(pg_db: str) ->
     ]
 
 
-def test_workers_on_other_hosts_with_clocks_an_hour_off_are_judged_the_same(pg_db: str) -> None:
+def test_workers_on_other_hosts_with_clocks_an_hour_off_are_judged_the_same(
+    pg_db: str, tmp_path
+) -> None:
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     workers = [
@@ -113,6 +129,24 @@ def test_workers_on_other_hosts_with_clocks_an_hour_off_are_judged_the_same(pg_d
             states.append({w.worker_id: w.state for w in cycle.workers})
             time.sleep(0.2)
         assert all(s == {"w-3600": "busy", "w+0": "busy", "w+3600": "busy"} for s in states[1:])
+        # Only the skew moves: measured per host, shown in status and the metrics.
+        shown = json.loads(sqlmon("status", pg_db, "--format", "json").stdout)
+        skews = {h["host"]: h["clock_skew_seconds"] for h in shown["hosts"]}
+        assert skews.keys() == {"host-3600", "host+0", "host+3600"}
+        assert all(abs(skews[f"host{s:+d}"] - s) < 1.0 for s in (-3600, 0, 3600)), skews
+        prom = tmp_path / "sqlmon.prom"
+        sqlmon("metrics", pg_db, "--textfile", str(prom))
+        text = prom.read_text()
+        promtool_check(text)
+        samples = {
+            (s.name, s.labels.get("host"), s.labels.get("state")): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+        for skew in (-3600, 0, 3600):
+            host = f"host{skew:+d}"
+            assert abs(samples[("sqlmon_host_clock_skew_seconds", host, None)] - skew) < 1.0
+            assert samples[("sqlmon_host_workers", host, "busy")] == 1
         stop.set()
         for w in workers:
             w.join(30)

@@ -16,6 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from sqlmon import Heartbeat
 from sqlmon.live import TRANSITIONS
 from sqlmon.metrics import SqlmonCollector, registry
+from sqlmon.schema import HEAD
 from sqlmon.states import State
 
 from .serving import (
@@ -79,7 +80,7 @@ def test_live_pipeline_metrics_status_and_a_killed_worker(db: str, tmp_path: Pat
         m = wait_for("three workers judged by the scheduler", seen_by_the_scheduler)
         assert m[M("sqlmon_up")] == 1
         assert (
-            m[M("sqlmon_build_info", version="0.1.0", schema_version="0003", backend="sqlite")] == 1
+            m[M("sqlmon_build_info", version="0.1.0", schema_version=HEAD, backend="sqlite")] == 1
         )
         assert m[M("sqlmon_scheduler_alive")] == 1
         assert m[M("sqlmon_system_idle")] == 0
