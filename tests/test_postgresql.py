@@ -5,6 +5,7 @@ the fold never skips a stretch that commits out of id order."""
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing
 import subprocess
 import sys
@@ -196,3 +197,24 @@ def test_the_fold_waits_for_a_stretch_that_commits_out_of_id_order(pg_db: str) -
         )
     )
     assert totals == {"slow:OCR": 1, "w:A": 1}
+
+
+def test_a_fork_leaves_the_parent_connected_as_itself(pg_db: str) -> None:
+    hb = Heartbeat(pg_db, "w", "cpu", min_interval=0.0)
+    hb.beat("OCR")
+    ((before,),) = sql(pg_db, "SELECT backend FROM worker_status")
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # the child never touches the database
+    os.waitpid(pid, 0)
+    # The fork closed the parent's connection (a child must not share it); the parent is
+    # connected again at once, not at its next beat, so that its connection still shows it
+    # alive through a long task.
+    ((after,),) = sql(pg_db, "SELECT backend FROM worker_status")
+    server_pid = int(after.partition("@")[0])
+    assert after != before
+    assert sql(pg_db, "SELECT count(*) FROM pg_stat_activity WHERE pid = ?", (server_pid,)) == [
+        (1,)
+    ]
+    assert hb.missed == 0
+    hb.close()
