@@ -81,6 +81,9 @@ def workload(videos: int, frames: int, now: float) -> list[dict[str, Any]]:
     ]
 
 
+# On PostgreSQL two workers can pick the same oldest task at once: the row lock makes the later
+# one skip it (SKIP LOCKED) or, having waited, find it no longer pending. SQLite's write lock
+# already runs claims one at a time, and its dialect leaves FOR UPDATE out.
 _CLAIM = (
     sa.update(tasks)
     .where(
@@ -89,7 +92,9 @@ _CLAIM = (
         .where(tasks.c.status == "pending", tasks.c.pool == sa.bindparam("b_pool"))
         .order_by(tasks.c.id)
         .limit(1)
-        .scalar_subquery()
+        .with_for_update(skip_locked=True)
+        .scalar_subquery(),
+        tasks.c.status == "pending",
     )
     .values(status="running", worker_id=sa.bindparam("b_worker"), started_at=sa.bindparam("b_now"))
     .returning(tasks.c.id, tasks.c.category, tasks.c.payload)
@@ -116,6 +121,11 @@ def complete(conn: sa.Connection, task_id: int, category: str, payload: str) -> 
         if successor == "SUMMARY":
             # One summary per video, once its last frame is smoothed.
             video = payload.split("/")[0]
+            # Two frames of a video finishing at once on PostgreSQL: each waits for the other
+            # here, so the later one counts the earlier one done. One summary, never none.
+            conn.execute(
+                sa.select(tasks.c.id).where(tasks.c.payload.like(f"{video}/%")).with_for_update()
+            ).all()
             active = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(tasks)

@@ -103,3 +103,19 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     assert sql(db, "SELECT end_reason FROM runs") == [("SIGINT",)]
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # nothing of the group is left running
+
+
+@pytest.mark.postgresql
+def test_demo_runs_to_idle_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    out = sqlmon(
+        "demo", "--db", pg_url, "--videos", "2", "--frames", "4", "--length", "0.5", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert "run 1: idle after" in out.stdout and "; 34 tasks done, 0 failed" in out.stdout
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())  # nothing written beside it
+    assert sql(pg_url, "SELECT count(*) FROM tasks WHERE status = 'done'") == [(34,)]
+    assert sql(
+        pg_url, "SELECT count(*) FROM worker_intervals WHERE state = 'busy' AND outcome = 'ok'"
+    ) == [(34,)]
+    assert sql(pg_url, "SELECT count(*) FROM worker_status WHERE clock_skew IS NULL") == [(0,)]
