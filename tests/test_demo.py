@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -89,8 +90,11 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        if os.path.exists(db) and sql(db, "SELECT count(*) FROM worker_status")[0][0] == 8:
-            break
+        try:
+            if os.path.exists(db) and sql(db, "SELECT count(*) FROM worker_status")[0][0] == 8:
+                break
+        except sqlite3.OperationalError:
+            pass  # the demo created the file, not yet its tables
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -5,8 +5,8 @@ the fold never skips a stretch that commits out of id order."""
 from __future__ import annotations
 
 import json
-import os
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
