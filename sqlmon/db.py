@@ -1,5 +1,5 @@
 """Engines and connections: the one place that knows about SQLite pragmas and URIs, and about
-PostgreSQL's session settings and isolation levels.
+PostgreSQL's session settings, isolation levels and connection poolers.
 
 Every other module gets an engine from `engine()` and a transaction from `read()` or
 `write()`, so that another backend is a change of URL.
@@ -20,9 +20,10 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from . import config, forks, guards
-from .errors import DatabaseError, DatabaseMissing
+from .errors import ConfigError, DatabaseError, DatabaseMissing
 
 # Named by what each connection does: create (and migrate) the database; the scheduler's
 # cycles; a worker's heartbeat; a person's or a pipeline's tool that writes (prune, the demo's
@@ -98,9 +99,11 @@ def engine(
     url = to_url(db)
     path = sqlite_path(url)
     if path is None:
+        if not is_postgresql(url):
+            return sa.create_engine(url, **kwargs)  # type: ignore[arg-type]
+        url, options = _pooler_options(url)
         eng = sa.create_engine(url, **kwargs)  # type: ignore[arg-type]
-        if is_postgresql(url):
-            _configure_postgresql(eng, role)
+        _configure_postgresql(eng, role, *options)
         return eng
     if role != "create" and not os.path.exists(path):
         raise DatabaseMissing(f"{path}: no such database (create it with `sqlmon init`)")
@@ -206,38 +209,104 @@ def _configure_sqlite(eng: Engine, role: Role) -> None:
             cur.execute(sql)
 
 
-def _configure_postgresql(eng: Engine, role: Role) -> None:
-    settings = {
-        "application_name": f"sqlmon-{role}",
+# URL options that the driver would not understand, taken out of the URL before it gets it.
+# sqlmon_pooled=true says there is a pooler, whatever the detection finds. Never false: the
+# settings of a session that a pooler shares would reach its other clients.
+POOLED_OPTION = "sqlmon_pooled"
+PREPARE_OPTION = "prepare_threshold"  # psycopg's own, which it cannot take as text
+_TOLD = {"true": True, "yes": True, "on": True, "1": True, "auto": False}
+_POOLED = "sqlmon.pooled"  # in a pool record's info: what the connect hook found
+_UNSET: Any = object()
+
+
+def pooled(conn: Connection | PoolProxiedConnection) -> bool:
+    """Whether a connection pooler (PgBouncer) stood between this connection and the server
+    when it connected: its server session, and that session's backend pid, may then change
+    from one transaction to the next and serve other clients too. False on SQLite."""
+    return bool(conn.info.get(_POOLED, False))
+
+
+def _pooler_options(url: URL) -> tuple[URL, tuple[bool, Any]]:
+    """The URL without sqlmon's pooler options, and their values: whether a pooler is said to
+    be there (else it is detected), and psycopg's prepare_threshold (_UNSET: sqlmon's choice)."""
+    text = url.query.get(POOLED_OPTION, "auto")
+    told = _TOLD.get(str(text).lower())
+    if told is None:
+        raise ConfigError(f"{POOLED_OPTION}={text}: use true (a pooler sits between) or auto")
+    threshold = url.query.get(PREPARE_OPTION)
+    prepare: Any = _UNSET
+    if threshold is not None:
+        if str(threshold).lower() in ("", "none"):
+            prepare = None
+        elif str(threshold).isdigit():
+            prepare = int(str(threshold))
+        else:
+            raise ConfigError(f"{PREPARE_OPTION}={threshold}: use a number of runs, or none")
+    return url.difference_update_query([POOLED_OPTION, PREPARE_OPTION]), (told, prepare)
+
+
+def _configure_postgresql(
+    eng: Engine, role: Role, told: bool = False, prepare: Any = _UNSET
+) -> None:
+    timeouts = {
         # Bounds, not expectations: a beat takes well under a millisecond.
         "statement_timeout": f"{int(config.PG_STATEMENT_TIMEOUT[role] * 1000)}",
         # Nothing of sqlmon leaves a transaction open; should a bug do so, its locks and its
         # snapshot (which holds back vacuum) go after this long.
         "idle_in_transaction_session_timeout": f"{int(config.PG_IDLE_IN_TRANSACTION * 1000)}",
     }
+    session = dict(timeouts)
     if role == "read":
-        settings["default_transaction_read_only"] = "on"
-    sql = "SELECT " + ", ".join(f"set_config('{k}', '{v}', false)" for k, v in settings.items())
+        session["default_transaction_read_only"] = "on"
+    # Whether a pooler sits between: libpq's backend pid is then the pooler's own (PgBouncer
+    # makes one up for each client), not the server's. Only a direct session keeps settings:
+    # behind a pooler they would stay on a server session other clients use next.
+    kept = (
+        f"CASE WHEN NOT pooled THEN set_config('{k}', '{v}', false) END" for k, v in session.items()
+    )
+    connected = (
+        f"SELECT pooled, {', '.join(kept)} "
+        "FROM (SELECT %s OR pg_backend_pid() <> %s AS pooled) AS this"
+    )
+    # Behind a pooler, what must hold is set again in each transaction, for it alone.
+    local = "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in timeouts.items())
+
+    @event.listens_for(eng, "do_connect")
+    def _on_do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        # A startup parameter, which PgBouncer keeps per client, unlike a session setting.
+        cparams["application_name"] = f"sqlmon-{role}"
 
     @event.listens_for(eng, "connect")
-    def _on_connect(dbapi_connection: Any, _record: object) -> None:
-        # One statement, so one round trip, for every setting. Behind PgBouncer in transaction
-        # mode session settings do not stick to a client: set them on the role there
-        # (docs/postgresql.md).
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        # One statement and, in autocommit, no BEGIN or COMMIT: one round trip.
+        dbapi_connection.autocommit = True
         with dbapi_connection.cursor() as cur:
-            cur.execute(sql)
-        dbapi_connection.commit()
+            cur.execute(connected, (told, dbapi_connection.info.backend_pid))
+            behind = bool(cur.fetchone()[0])
+        dbapi_connection.autocommit = False
+        record.info[_POOLED] = behind
+        if prepare is not _UNSET:
+            dbapi_connection.prepare_threshold = prepare
+        elif behind:
+            # A statement psycopg prepared on one server session is unknown to the next (a
+            # pooler that tracks prepared statements, PgBouncer 1.21+, may be told otherwise
+            # with prepare_threshold in the URL).
+            dbapi_connection.prepare_threshold = None
 
     @event.listens_for(eng, "begin")
     def _on_begin(conn: Connection) -> None:
         # read() sees one snapshot for all its statements, as on SQLite: REPEATABLE READ, and
         # read-only. write() stays READ COMMITTED, so that a fenced UPDATE that waited for a
         # concurrent one re-reads the row and affects none, instead of failing to serialize.
-        # psycopg puts both into its BEGIN: no round trip of their own.
+        # psycopg puts both into its BEGIN: no round trip of their own. The read role never
+        # writes, whichever transaction it asks for.
         driver = conn.connection.driver_connection
         writing = bool(conn.get_execution_options().get("sqlmon_write"))
         driver.isolation_level = None if writing else _repeatable_read()  # type: ignore[union-attr]
-        driver.read_only = None if writing else True  # type: ignore[union-attr]
+        driver.read_only = None if writing and role != "read" else True  # type: ignore[union-attr]
+        if pooled(conn):
+            with _driver_cursor(conn, local) as cur:
+                cur.execute(local)
 
 
 def _repeatable_read() -> Any:

@@ -314,10 +314,9 @@ class Heartbeat:
             cursor.execute(_CONNECTED)
             after = _monotonic()
             server, backend_pid, postmaster = cursor.fetchone()
-            # Behind a pooler the server connection changes under the client, and libpq's
-            # backend pid is the pooler's own: no connection stands for this worker then.
-            direct = driver.info.backend_pid == backend_pid
-            self._backend = f"{backend_pid}@{postmaster!r}" if direct else None
+            # Behind a pooler the server connection changes under the client: no connection
+            # stands for this worker then.
+            self._backend = None if dbmod.pooled(conn) else f"{backend_pid}@{postmaster!r}"
             if not self._anchored:
                 # The stretch clock from here on is the server's: what a worker on a host
                 # whose clock is off records still lines up with the runs (to within half a

@@ -15,6 +15,9 @@ import pytest
 from sqlmon import init_db
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+# For tests that also run through PgBouncer in transaction mode (slow: the quick loop keeps
+# the two backends): @pytest.mark.parametrize("any_db", [*BACKENDS, PGBOUNCER], indirect=True)
+PGBOUNCER = pytest.param("pgbouncer", marks=[pytest.mark.postgresql, pytest.mark.slow])
 
 
 @pytest.fixture
@@ -43,6 +46,30 @@ def pg_databases() -> Iterator[object]:
         yield pg.Databases(server)
 
 
+@pytest.fixture(scope="session")
+def pg_bouncer(pg_databases) -> Iterator[object]:
+    """PgBouncer in transaction mode in front of the session's PostgreSQL server. Without
+    pgbouncer the tests through it are skipped, except in CI, where they fail."""
+    from . import pg
+
+    if pg.bouncer_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs PgBouncer: .ci/run installs Debian's pgbouncer")
+        pytest.skip("no pgbouncer installed")
+    with pg.bouncer(pg_databases.server) as server:
+        yield server
+
+
+@pytest.fixture
+def pooled_db(pg_databases, pg_bouncer) -> Iterator[str]:
+    """The URL, through PgBouncer, of a fresh, initialised PostgreSQL database."""
+    name = pg_databases.create(initialised=True)
+    try:
+        yield pg_bouncer.url(name)
+    finally:
+        pg_databases.drop(name)
+
+
 @pytest.fixture
 def pg_url(pg_databases) -> Iterator[str]:
     """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
@@ -65,11 +92,14 @@ def pg_db(pg_databases) -> Iterator[str]:
 
 @pytest.fixture(params=BACKENDS)
 def any_db(request, tmp_path: Path) -> str:
-    """An initialised database on each backend: a file path, or a PostgreSQL URL."""
+    """An initialised database on each backend: a file path, or a PostgreSQL URL (direct, or
+    through PgBouncer for a test that asks for PGBOUNCER)."""
     if request.param == "sqlite":
         path = str(tmp_path / "sqlmon.db")
         init_db(path)
         return path
+    if request.param == "pgbouncer":
+        return request.getfixturevalue("pooled_db")
     return request.getfixturevalue("pg_db")
 
 
@@ -89,6 +119,7 @@ def _pg(url: str) -> Iterator[object]:
         user=u.username,
         dbname=u.database,
         autocommit=True,
+        prepare_threshold=None,  # the URL may lead through PgBouncer in transaction mode
     ) as conn:
         yield conn
 

@@ -1,10 +1,12 @@
-"""A throwaway PostgreSQL cluster for the tests, and a fresh database per test.
+"""A throwaway PostgreSQL cluster for the tests, a fresh database per test, and PgBouncer in
+front of the cluster.
 
 The cluster lives in a temporary directory, listens only on a Unix socket there, runs with
 fsync off, and is stopped and deleted at the end of the session. initdb and pg_ctl refuse to
 run as root, and CI runs as root: they then run as the `postgres` user, in a directory it owns.
 SQLMON_TEST_PG_URL (a server someone else runs, as pytest-postgresql's `postgresql_noproc`
-attaches to one) skips all that; each test still gets its own database there.
+attaches to one) skips all that; each test still gets its own database there. PgBouncer, the
+same way, runs from a temporary directory, on a Unix socket only, as `postgres` under root.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import glob
 import itertools
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ import psycopg
 import sqlalchemy as sa
 
 PORT = 5432  # only names the socket file: the socket directory is the cluster's own
+BOUNCER_PORT = 6432  # the same, for PgBouncer's socket
 TEMPLATE = "sqlmon_template"  # migrated once; each test's database is a copy of it
 
 
@@ -99,6 +104,67 @@ def cluster(*, fsync: bool = False, parent: str | None = None) -> Iterator[Serve
             capture_output=True,
             timeout=60,
         )
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def bouncer_bin() -> str | None:
+    """PgBouncer's binary (Debian puts it in /usr/sbin, which may be off PATH)."""
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return found if os.access(found, os.X_OK) else None
+
+
+@contextmanager
+def bouncer(server: Server, *, mode: str = "transaction", pool_size: int = 8) -> Iterator[Server]:
+    """Start PgBouncer in `mode` in front of `server`, with at most `pool_size` server
+    connections per database; stop it and delete its directory on the way out. Every database
+    of the server is reachable through it, as the server's user (auth_type any)."""
+    binary = bouncer_bin()
+    if binary is None:
+        raise RuntimeError("no pgbouncer (apt-get install pgbouncer)")
+    top = tempfile.mkdtemp(prefix="sqlmon-pgbouncer-")
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(top, pw.pw_uid, pw.pw_gid)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    major_minor = tuple(int(n) for n in re.findall(r"\d+", version.stdout)[:2])
+    # From 1.21 PgBouncer can track prepared statements in transaction mode (and newer
+    # releases do by default): off here, so that the tests meet the pooler that cannot.
+    tracked = "max_prepared_statements = 0\n" if major_minor >= (1, 21) else ""
+    ini = os.path.join(top, "pgbouncer.ini")
+    with open(ini, "w") as f:
+        f.write(
+            "[databases]\n"
+            f"* = host={server.host} port={server.port} user={server.user}\n"
+            "[pgbouncer]\n"
+            "listen_addr =\n"
+            f"listen_port = {BOUNCER_PORT}\n"
+            f"unix_socket_dir = {top}\n"
+            "auth_type = any\n"
+            f"pool_mode = {mode}\n"
+            f"default_pool_size = {pool_size}\n"
+            "max_client_conn = 500\n" + tracked
+        )
+    # PgBouncer refuses to run as root; -u makes it switch to postgres. It logs to stderr.
+    user = ["-u", "postgres"] if os.geteuid() == 0 else []
+    log = os.path.join(top, "pgbouncer.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([binary, *user, ini], stdout=out, stderr=out)
+    try:
+        through = Server(top, BOUNCER_PORT, server.user)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                through.connect().close()
+                break
+            except psycopg.OperationalError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    with open(log) as f:
+                        raise RuntimeError(f"pgbouncer did not start: {f.read()}") from None
+                time.sleep(0.02)
+        yield through
+    finally:
+        proc.terminate()  # SIGTERM: PgBouncer closes every connection and exits at once
+        proc.wait(30)
         shutil.rmtree(top, ignore_errors=True)
 
 

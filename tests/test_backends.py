@@ -1,6 +1,7 @@
 """The behaviour SQLite and PostgreSQL share, run on both: the schema and its views, the
 heartbeat's writes and stretches, a scheduler run to idle with real worker processes,
-is_idle / wait_idle, and the CLI's status, check and report."""
+is_idle / wait_idle, and the CLI's status, check and report (these two also through PgBouncer
+in transaction mode)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from sqlmon import Heartbeat, Scheduler, init_db, is_idle, wait_idle
 
 from . import procs
-from .conftest import BACKENDS, execute, is_pg, sql, wait_for
+from .conftest import BACKENDS, PGBOUNCER, execute, is_pg, sql, wait_for
 
 
 @pytest.fixture(params=BACKENDS)
@@ -139,6 +140,7 @@ def test_a_pruned_row_is_not_resurrected(any_db: str) -> None:
     assert _take_over(any_db, "w") == sql(any_db, "SELECT pid FROM worker_status")[0][0]
 
 
+@pytest.mark.parametrize("any_db", [*BACKENDS, PGBOUNCER], indirect=True)
 def test_a_scheduler_runs_real_workers_to_idle(any_db: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     stop, terminate = ctx.Event(), ctx.Event()
@@ -185,6 +187,7 @@ def test_a_scheduler_runs_real_workers_to_idle(any_db: str) -> None:
     assert sql(any_db, "SELECT count(*) FROM snapshots")[0][0] >= 3
 
 
+@pytest.mark.parametrize("any_db", [*BACKENDS, PGBOUNCER], indirect=True)
 def test_cli_status_check_and_report(any_db: str) -> None:
     # Stepped by hand; a long interval keeps it fresh while the CLI starts on a loaded machine.
     sched = Scheduler(any_db, interval=5.0, stale_after=10.0, warn_after=10.0)

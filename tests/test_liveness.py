@@ -21,7 +21,7 @@ from sqlmon import Heartbeat, Scheduler, init_db, is_idle, queries, wait_idle
 from sqlmon import db as dbmod
 from sqlmon.errors import SchedulerGone, SchedulerRunning
 
-from .conftest import execute, is_pg, sql, wait_for
+from .conftest import BACKENDS, PGBOUNCER, execute, is_pg, sql, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -168,8 +168,9 @@ def test_a_second_scheduler_refuses_or_stands_by_and_takes_over(any_db: str) -> 
         assert sql(db, "PRAGMA integrity_check") == [("ok",)]
 
 
+@pytest.mark.parametrize("any_db", [*BACKENDS, PGBOUNCER], indirect=True)
 def test_a_paused_scheduler_is_fenced_out_once_another_took_over(any_db: str) -> None:
-    db = any_db  # a file, or a PostgreSQL URL: the same behaviour
+    db = any_db  # a file, or a PostgreSQL URL, direct or through PgBouncer: the same behaviour
     add_pending(db)
     # The lease lasts max(3 x 0.1, 0.1 + 2) = 2.1 s.
     leader = run_scheduler(db, "--interval", "0.1", "--stale-after", "2", "--warn-after", "2")
