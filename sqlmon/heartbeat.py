@@ -211,6 +211,15 @@ class Heartbeat:
         self._close_stretch(at, Outcome.OK, None)
         self._category, self._category_text, self._since = None, None, at
         self._write(now, exited=True)
+        if self._pending:
+            # The exit was not written: nothing will write these any more.
+            self.lost += len(self._pending)
+            log.warning(
+                "heartbeat of %s: exit not written, %d stretch(es) lost (%d lost so far)",
+                self.worker_id,
+                len(self._pending),
+                self.lost,
+            )
         self._close_connection()
         _live.discard(self)
         self._init_process_state()
@@ -373,7 +382,10 @@ class Heartbeat:
                 # gets its full wait.
                 if not dbmod.is_busy(exc) or (self._contended and not exited):
                     raise
-                self._retry(values, stretches, self._busy_wait, exc)
+                # The exit is the last write: what it does not write is lost, and a worker
+                # that is leaving can spare the wait.
+                wait = config.CLOSE_BUSY_TIMEOUT if exited else self._busy_wait
+                self._retry(values, stretches, wait, exc)
         except self._errors as exc:
             # A locked database, a full disk, an I/O error: drop this write, the next beat
             # tries again, with the stretches closed meanwhile.

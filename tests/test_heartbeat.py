@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -242,3 +243,31 @@ def test_stretches_wait_for_a_write_bounded_and_the_loss_is_counted(
     assert kept == ["T7", "T8", "T9", "T10", "T11"]
     losses = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
     assert losses == ["heartbeat of w: 1 stretch(es) lost so far, more than 5 waited for a write"]
+
+
+def test_the_exit_waits_out_a_longer_lock_and_what_it_cannot_write_is_counted_lost(
+    db: str, monkeypatch
+) -> None:
+    from sqlmon import config
+
+    hb = Heartbeat(db, "w", "cpu", min_interval=0.0)
+    hb.beat("A")
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    hb.beat("B")  # dropped after its 0.1 s: stretch A waits for the next write
+    assert (hb.missed, hb.lost) == (1, 0)
+    # The holder lets go after 0.5 s, longer than a beat waits: the exit still gets in.
+    threading.Timer(0.5, holder.execute, ("ROLLBACK",)).start()
+    hb.close()
+    holder.close()
+    assert (hb.missed, hb.lost) == (1, 0)
+    assert sql(db, "SELECT category FROM worker_stretches ORDER BY started") == [("A",), ("B",)]
+    assert sql(db, "SELECT exited_at IS NOT NULL FROM worker_status") == [(1,)]
+
+    monkeypatch.setattr(config, "CLOSE_BUSY_TIMEOUT", 0.2)
+    hb = Heartbeat(db, "v", "cpu", min_interval=0.0)
+    hb.beat("A")
+    with write_lock_held(db):
+        hb.beat("B")
+        hb.close()  # never gets the lock: A and B are lost, and counted
+    assert (hb.missed, hb.lost) == (2, 2)
