@@ -40,8 +40,8 @@ SCHEDULER_AUTOCHECKPOINT_PAGES = 256
 WAL_RESET_BUSY_TIMEOUT = 0.01  # s a RESTART / TRUNCATE checkpoint may hold writers back
 JOURNAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024  # the WAL is truncated back to this after a reset
 
-# PostgreSQL: each role's statement_timeout (s; 0: none) and the bound on a transaction left
-# open by mistake
+# PostgreSQL: each role's statement_timeout (s; 0: none), and how long its session may sit idle
+# inside a transaction before the server ends it
 PG_STATEMENT_TIMEOUT = {
     "create": 0.0,
     "scheduler": 10.0,
@@ -49,7 +49,16 @@ PG_STATEMENT_TIMEOUT = {
     "tool": 0.0,
     "read": 30.0,
 }
-PG_IDLE_IN_TRANSACTION = 60.0
+PG_IDLE_IN_TRANSACTION = {
+    "create": 60.0,
+    # A scheduler paused inside its cycle's transaction (SIGSTOP, a frozen VM) holds the idle
+    # row's lock: a standby can take over only once the server ends that session. It then
+    # reconnects, finds its lease gone, and steps down.
+    "scheduler": 5.0,
+    "heartbeat": 60.0,  # autocommit: never inside a transaction
+    "tool": 60.0,
+    "read": 60.0,
+}
 # s a stretch id must have been visible before the fold passes it: PostgreSQL can commit ids
 # out of order, and no worker's insert stays uncommitted this long (its statement_timeout
 # is far shorter); see history.fold_horizon
@@ -57,6 +66,10 @@ PG_FOLD_SETTLE = 30.0
 
 # Main process
 IDLE_POLL = 0.1  # s between looks at the idle row in wait_idle
+# s wait_idle waits for a scheduler it has not yet seen alive before it raises SchedulerGone:
+# one started just before the call, as a spawned child on a loaded machine, takes seconds to
+# import its modules and write its first row
+START_GRACE = 10.0
 
 
 def fresh_for(interval: float) -> float:

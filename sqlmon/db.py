@@ -253,7 +253,7 @@ def _configure_postgresql(
         "statement_timeout": f"{int(config.PG_STATEMENT_TIMEOUT[role] * 1000)}",
         # Nothing of sqlmon leaves a transaction open; should a bug do so, its locks and its
         # snapshot (which holds back vacuum) go after this long.
-        "idle_in_transaction_session_timeout": f"{int(config.PG_IDLE_IN_TRANSACTION * 1000)}",
+        "idle_in_transaction_session_timeout": f"{int(config.PG_IDLE_IN_TRANSACTION[role] * 1000)}",
     }
     session = dict(timeouts)
     if role == "read":

@@ -34,13 +34,15 @@ def wait_idle(
     *,
     since: float | None = None,
     poll: float = config.IDLE_POLL,
+    start_grace: float = config.START_GRACE,
 ) -> bool:
     """Wait until is_idle(db, since) holds: True then, False once `timeout` s have passed.
 
     Raises SchedulerGone, with the reason, when the scheduler is not alive: at once once it
-    had been seen alive during the wait, else once it has stayed so for the freshness bound
-    (time for a scheduler started just before the call to write its first row). `since`
-    defaults to the moment of the call, so work enqueued just before it is never missed.
+    had been seen alive during the wait, else once it has stayed so for `start_grace` s (or
+    the freshness bound, if longer): time for a scheduler started just before the call to
+    write its first row. `since` defaults to the moment of the call, so work enqueued just
+    before it is never missed.
     """
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
@@ -58,7 +60,8 @@ def wait_idle(
             seen_alive = seen_alive or life.alive
             interval = row.interval if row is not None else config.INTERVAL
             if not life.alive and (
-                seen_alive or time.monotonic() - started >= config.fresh_for(interval)
+                seen_alive
+                or time.monotonic() - started >= max(config.fresh_for(interval), start_grace)
             ):
                 raise SchedulerGone(life.reason)
             if deadline is not None and time.monotonic() >= deadline:

@@ -115,9 +115,11 @@ def test_wait_idle_raises_when_the_scheduler_is_gone(db: str) -> None:
         assert "is gone" in str(outcome[0])
     finally:
         stop(proc)
-    # With no scheduler at all, the wait ends after the freshness bound, not the timeout.
+    # With no scheduler at all, the wait ends after the start grace, not the timeout.
+    began = time.monotonic()
     with pytest.raises(SchedulerGone, match="is gone|heartbeat is"):
-        wait_idle(db, timeout=3600)
+        wait_idle(db, timeout=3600, start_grace=1.0)
+    assert time.monotonic() - began >= 1.0
 
 
 def test_a_second_scheduler_refuses_or_stands_by_and_takes_over(any_db: str) -> None:
