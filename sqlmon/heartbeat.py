@@ -66,6 +66,7 @@ def _after_fork_in_child() -> None:
     # Heartbeats copied into a child belong to a new process: a new incarnation, with none of
     # the parent's stretches.
     for hb in list(_live):
+        hb.displaced = None  # the child is a process of its own, which registers anew
         hb._init_process_state()
 
 
@@ -173,12 +174,12 @@ class Heartbeat:
             "host",
             "boot_id",
             "clock",
-            "displaced",
         )
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.displaced = None  # another process: it registers anew
         self._init_process_state()
         _live.add(self)
 
