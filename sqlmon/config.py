@@ -59,6 +59,17 @@ PG_IDLE_IN_TRANSACTION = {
     "tool": 60.0,
     "read": 60.0,
 }
+# PostgreSQL: how long each role's statements wait for a lock (s; 0: up to the statement
+# timeout), the bounds of SQLite's busy timeouts. Nothing of sqlmon's holds a lock a beat
+# needs, so a beat only ever waits behind a person or a migration: it is dropped as soon as
+# on SQLite; the scheduler skips one cycle's read or write rather than hang past its cycle.
+PG_LOCK_TIMEOUT = {
+    "create": 0.0,
+    "scheduler": SCHEDULER_BUSY_TIMEOUT,
+    "heartbeat": WORKER_BUSY_TIMEOUT,
+    "tool": 0.0,
+    "read": 0.0,
+}
 # s a stretch id must have been visible before the fold passes it: PostgreSQL can commit ids
 # out of order, and no worker's insert stays uncommitted this long (its statement_timeout
 # is far shorter); see history.fold_horizon

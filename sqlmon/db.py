@@ -251,6 +251,7 @@ def _configure_postgresql(
     timeouts = {
         # Bounds, not expectations: a beat takes well under a millisecond.
         "statement_timeout": f"{int(config.PG_STATEMENT_TIMEOUT[role] * 1000)}",
+        "lock_timeout": f"{int(config.PG_LOCK_TIMEOUT[role] * 1000)}",
         # Nothing of sqlmon leaves a transaction open; should a bug do so, its locks and its
         # snapshot (which holds back vacuum) go after this long.
         "idle_in_transaction_session_timeout": f"{int(config.PG_IDLE_IN_TRANSACTION[role] * 1000)}",
@@ -542,12 +543,18 @@ def set_busy_timeout(conn: Connection, seconds: float) -> None:
 
 
 def is_busy(exc: BaseException) -> bool:
-    """Whether a driver error means that someone else holds the lock (SQLITE_BUSY)."""
+    """Whether a driver error means that someone else holds the lock (SQLITE_BUSY, or
+    PostgreSQL's lock_not_available once lock_timeout has passed)."""
     exc = getattr(exc, "orig", None) or exc  # SQLAlchemy's wrapper, or the driver's own
+    if getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+        return True
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF == sqlite3.SQLITE_BUSY  # extended codes: BUSY_SNAPSHOT, ...
     return "database is locked" in str(exc)
+
+
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE
 
 
 def wal_path(url: URL) -> str | None:

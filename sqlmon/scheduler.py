@@ -226,17 +226,29 @@ class Scheduler(multiprocessing.Process):
         while True:
             # Taking the write lock here may wait longer than a cycle's write: start-up is rare.
             dbmod.set_busy_timeout(self._conn, config.INIT_BUSY_TIMEOUT)
-            with dbmod.write(self._conn):
-                got = store.acquire(self._conn, now=now, me=me, settings=s, ttl=self._ttl)
+            got: Any
+            try:
+                with dbmod.write(self._conn):
+                    got = store.acquire(self._conn, now=now, me=me, settings=s, ttl=self._ttl)
+            except (LeaseLost, sa.exc.DatabaseError) as exc:
+                # Another standby took the lease first, or the idle row is locked (by a
+                # scheduler paused inside its write: on PostgreSQL the row stays locked until
+                # the server ends that session), or the server is away: look again later.
+                if not self.standby:
+                    raise
+                why = describe(exc) if isinstance(exc, sa.exc.DatabaseError) else str(exc)
+                got = f"the lease cannot be taken now ({why})"
             dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
-            if not isinstance(got, liveness.SchedulerRow):
-                break
-            if not self.standby:
-                self.close("refused")
-                raise SchedulerRunning(_running(self.db, got))
+            if isinstance(got, tuple):
+                break  # the lease is this scheduler's
+            if isinstance(got, liveness.SchedulerRow):
+                if not self.standby:
+                    self.close("refused")
+                    raise SchedulerRunning(_running(self.db, got))
+                got = _running(self.db, got)
             if not told:
                 told = True
-                log.info("standing by: %s", _running(self.db, got))
+                log.info("standing by: %s", got)
             self._wait(s["interval"])
             if self._terminated() or getattr(self, "_signalled", None):
                 self.close("stopped while standing by")

@@ -218,3 +218,29 @@ def test_a_fork_leaves_the_parent_connected_as_itself(pg_db: str) -> None:
     ]
     assert hb.missed == 0
     hb.close()
+
+
+def test_a_held_row_lock_costs_a_beat_its_lock_timeout_and_the_exit_waits_it_out(
+    pg_db: str,
+) -> None:
+    import threading
+
+    hb = Heartbeat(pg_db, "w", "cpu", min_interval=0.0)
+    hb.beat("A")
+    with _pg(pg_db) as person:  # in psql: BEGIN; SELECT ... FOR UPDATE
+        person.execute("BEGIN")
+        person.execute("SELECT * FROM worker_status FOR UPDATE")
+        began = time.monotonic()
+        hb.beat("B")  # dropped at its lock_timeout (0.1 s), not its statement_timeout (2 s)
+        waited = time.monotonic() - began
+        assert (hb.missed, hb.lost) == (1, 0)
+        assert waited < 1.0, f"a beat waited {waited:.2f} s for the lock"
+        # The person lets go after 0.5 s, longer than a beat waits: the exit still gets in.
+        threading.Timer(0.5, person.execute, ("COMMIT",)).start()
+        hb.close()
+    assert (hb.missed, hb.lost) == (1, 0)
+    assert sql(pg_db, "SELECT category FROM worker_stretches ORDER BY started") == [
+        ("A",),
+        ("B",),
+    ]
+    assert sql(pg_db, "SELECT exited_at IS NOT NULL FROM worker_status") == [(True,)]

@@ -2,6 +2,10 @@
 scenario. sqlmon is judged against what the driver and its workers recorded, never against its
 own view: the tasks' lives (from the commit that made each visible to the commit that ended it),
 the beats, the kills, all on the shared monotonic clock.
+
+A scenario runs on either backend: its databases come from a `Backend` (SQLite files, or
+databases on a PostgreSQL server), and the driver and the pipeline reach them through their
+plain drivers (`connect`: sqlite3 or psycopg), never through sqlmon.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from tests.pg import Databases
 
 # -- ground truth ---------------------------------------------------------------------------
 
@@ -56,27 +63,43 @@ class TruthWriter:
         self.file.write(json.dumps({"k": kind, "t": t, "pid": os.getpid(), **fields}) + "\n")
 
 
+_SERVER_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
+
 class Clock:
     """Wall clock to monotonic: the snapshots carry wall times, the ground truth monotonic
-    ones. The offset is sampled at start and end; the scenarios here leave the wall clock alone."""
+    ones. The wall clock is the database's (the server's on PostgreSQL, which may be another
+    host's). The offset is sampled at start and end; the scenarios leave the clocks alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: str | None = None) -> None:
+        self.db = db if db is not None and is_pg(db) else None
+        self.reading = 0.0  # s: the widest half round trip of a server clock reading
         self.samples = [self._sample()]
 
-    @staticmethod
-    def _sample() -> float:
-        m0 = time.monotonic()
-        w = time.time()
-        m1 = time.monotonic()
-        return w - (m0 + m1) / 2
+    def _sample(self) -> float:
+        if self.db is None:
+            m0 = time.monotonic()
+            w = time.time()
+            m1 = time.monotonic()
+        else:
+            with connect(self.db) as conn:
+                m0 = time.monotonic()
+                (w,) = conn.execute(_SERVER_CLOCK).fetchone()
+                m1 = time.monotonic()
+        self.reading = max(self.reading, (m1 - m0) / 2)
+        return float(w) - (m0 + m1) / 2
 
     def close(self) -> None:
         self.samples.append(self._sample())
 
+    def now(self) -> float:
+        """The database's wall clock now (unix s), as the offset at start says."""
+        return time.monotonic() + self.samples[0]
+
     @property
     def error(self) -> float:
         """How far the offset drifted during the scenario (s): added to every margin."""
-        return max(self.samples) - min(self.samples) + 0.002
+        return max(self.samples) - min(self.samples) + self.reading + 0.002
 
     def mono(self, wall: float) -> float:
         return wall - sum(self.samples) / len(self.samples)
@@ -129,28 +152,232 @@ class Activity:
         return i >= 0 and self.merged[i][1] >= b
 
 
+# -- backends: where a scenario's databases live ----------------------------------------------
+
+
+def is_pg(db: str) -> bool:
+    return db.startswith("postgresql")
+
+
+class Backend(Protocol):
+    """Where a scenario's databases live: `database(folder)` gives a fresh, initialised one."""
+
+    name: str
+
+    def database(self, folder: Path) -> str: ...
+
+
+class SQLiteFiles:
+    name = "sqlite"
+
+    def database(self, folder: Path) -> str:
+        from sqlmon import init_db
+
+        folder.mkdir(parents=True, exist_ok=True)
+        db = str(folder / "sqlmon.db")
+        init_db(db)
+        return db
+
+
+class PostgreSQL:
+    """Fresh databases on a PostgreSQL server (tests/pg.py), dropped by `drop()`."""
+
+    name = "postgresql"
+
+    def __init__(self, databases: Databases) -> None:
+        self.databases = databases
+        self.made: list[str] = []
+
+    def database(self, folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        name = self.databases.create(initialised=True)
+        self.made.append(name)
+        return self.databases.server.url(name)
+
+    def drop(self) -> None:
+        while self.made:
+            name = self.made.pop()
+            let_go(self.databases.server.url(name))
+            self.databases.drop(name)
+
+
+SQLITE = SQLiteFiles()
+
+
+def titled(scenario: str, backend: Backend) -> str:
+    """A scenario's name in the soak's table: the backend is named unless it is SQLite."""
+    return scenario if backend.name == "sqlite" else f"{scenario} ({backend.name})"
+
+
+class Plain:
+    """A connection of the plain driver, as the pipeline or a person holds one: sqlite3 for a
+    file, psycopg for a PostgreSQL URL. Each statement commits alone unless inside `begin()`
+    ... `commit()`; queries take `?` placeholders on both. On PostgreSQL the session is named
+    after this process (`pipeline <pid>`), so that the driver can wait for a killed process's
+    sessions to end."""
+
+    def __init__(self, db: str, timeout: float = 30.0) -> None:
+        self.pg = is_pg(db)
+        if self.pg:
+            import psycopg
+            import sqlalchemy as sa
+
+            from tests.pg import attached
+
+            server = attached(db)
+            self.conn: Any = psycopg.connect(
+                host=server.host,
+                port=server.port,
+                user=server.user,
+                dbname=sa.make_url(db).database,
+                autocommit=True,
+                application_name=f"pipeline {os.getpid()}",
+            )
+        else:
+            self.conn = sqlite3.connect(db, timeout=timeout, isolation_level=None)
+
+    def execute(self, query: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        if self.pg:
+            # No parameters, no placeholders: a '%' in the query stays itself.
+            return self.conn.execute(query.replace("?", "%s"), params or None)
+        return self.conn.execute(query, params)
+
+    def begin(self) -> None:
+        # SQLite: take the write lock up front, as any writer must (a deferred transaction
+        # that upgrades fails at once when the lock is held). PostgreSQL locks rows as it goes.
+        self.execute("BEGIN" if self.pg else "BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Plain:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def connect(db: str, timeout: float = 30.0) -> Plain:
+    return Plain(db, timeout)
+
+
+def sessions_gone(db: str, pid: int, timeout: float = 60.0) -> bool:
+    """On PostgreSQL, wait until the server has ended the sessions of process `pid` (killed):
+    its pipeline connection and its heartbeat's (worker_status.backend). What it sent before
+    its death, a COMMIT included, has then been carried out. SQLite has no server: a dead
+    process's writes are in the file or not."""
+    if not is_pg(db):
+        return True
+    backends = [
+        int(b.split("@")[0])
+        for (b,) in sql(
+            db, "SELECT backend FROM worker_status WHERE pid = ? AND backend IS NOT NULL", (pid,)
+        )
+    ]
+    return wait_for(
+        lambda: (
+            not sql(
+                db,
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = ? OR pid = ANY(?::int[])",
+                (f"pipeline {pid}", backends),
+            )
+        ),
+        timeout,
+        every=0.002,
+    )
+
+
 # -- the database, judged from outside --------------------------------------------------------
 
 
-def sql(path: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path, timeout=30)
+def sql(db: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if not is_pg(db):
+        with connect(db) as conn:
+            return [tuple(row) for row in conn.execute(query, params).fetchall()]
+    # A PostgreSQL connection costs the server a process, ~10 ms on a loaded machine: the
+    # driver keeps one per database for its polls.
+    conn = _held.get(db)
+    if conn is None or conn.conn.broken or conn.conn.closed:
+        conn = _held[db] = connect(db)
     try:
-        return conn.execute(query, params).fetchall()
-    finally:
+        return [tuple(row) for row in conn.execute(query, params).fetchall()]
+    except BaseException:
+        _held.pop(db, None)
+        conn.close()
+        raise
+
+
+_held: dict[str, Plain] = {}
+
+
+def let_go(db: str) -> None:
+    """Close the driver's held connection to `db` (before the database is dropped)."""
+    conn = _held.pop(db, None)
+    if conn is not None:
         conn.close()
 
 
-def check_database(path: str) -> list[str]:
-    """What must hold after any fault: the file is whole and no cycle is half-written."""
-    problems = []
-    result = sql(path, "PRAGMA integrity_check")
-    if result != [("ok",)]:
-        problems.append(f"integrity_check: {result[:5]}")
+_inherited: list[Plain] = []
+
+
+def _forget_held() -> None:
+    # A child forked from the driver must never use the driver's connections, nor close them
+    # (that ends the server's session, which the driver still uses): it keeps them, unused,
+    # until it exits.
+    _inherited.extend(_held.values())
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held)
+
+
+def check_database(db: str) -> list[str]:
+    """What must hold after any fault: the database is whole and no cycle is half-written."""
+    problems = _server_whole(db) if is_pg(db) else []
+    if not is_pg(db):
+        result = sql(db, "PRAGMA integrity_check")
+        if result != [("ok",)]:
+            problems.append(f"integrity_check: {result[:5]}")
     for query, problem in _WHOLE:
-        (count,) = sql(path, query)[0]
+        (count,) = sql(db, query)[0]
         if count:
             problems.append(f"{count} {problem}")
     return problems
+
+
+def _server_whole(db: str) -> list[str]:
+    """On PostgreSQL a client's death cannot damage the files (the server writes them); what
+    must hold is that every table and view reads, and that no session of sqlmon's sits inside
+    a transaction (an open one holds its locks, and its snapshot holds back vacuum)."""
+    from sqlmon.schema import metadata
+
+    problems = []
+    views = [v for (v,) in sql(db, "SELECT viewname FROM pg_views WHERE schemaname = 'public'")]
+    for name in [*metadata.tables, *views]:
+        try:
+            sql(db, f'SELECT count(*) FROM "{name}"')
+        except Exception as exc:  # noqa: BLE001 (any failure to read is the finding)
+            problems.append(f"{name} does not read: {exc}")
+    problems += [
+        f"{app} (pid {pid}) left {state} for {age:.1f} s"
+        for app, pid, state, age in open_transactions(db)
+    ]
+    return problems
+
+
+def open_transactions(db: str) -> list[tuple[str, int, str, float]]:
+    """sqlmon's sessions on this database that sit inside a transaction, between statements:
+    (application name, server pid, state, seconds since the transaction began)."""
+    return sql(
+        db,
+        "SELECT application_name, pid, state,"
+        " extract(epoch FROM clock_timestamp() - xact_start)::float8"
+        " FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name LIKE 'sqlmon-%' AND state LIKE 'idle in transaction%'",
+    )
 
 
 # Each query counts the rows that break one promise of a whole file.
@@ -180,6 +407,39 @@ _WHOLE = (
         "idle row(s) naming a run that does not exist",
     ),
 )
+
+
+def write_lock_held(db: str) -> bool:
+    """Whether a paused scheduler holds the lock of its write transaction, probed twice in a
+    row without waiting (a worker's write holds a lock for microseconds; a paused scheduler for
+    as long as it is paused). SQLite: BEGIN IMMEDIATE fails at once. PostgreSQL: the idle row,
+    which every write transaction of the scheduler updates first, is locked."""
+    for attempt in range(2):
+        if not _probe_locked(db):
+            return False
+        if attempt == 0:
+            time.sleep(0.005)
+    return True
+
+
+def _probe_locked(db: str) -> bool:
+    if is_pg(db):
+        import psycopg
+
+        try:
+            sql(db, "SELECT 1 FROM scheduler_state FOR UPDATE NOWAIT")
+        except psycopg.errors.LockNotAvailable:
+            return True
+        return False
+    conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)
@@ -295,22 +555,20 @@ def enqueue(
 ) -> list[int]:
     """Enqueue `n` tasks (each with `depth` successors to come) and record when they became
     visible: after the commit returned."""
-    conn = sqlite3.connect(tasks_db, timeout=30, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with connect(tasks_db) as conn:
+        conn.begin()
         now = time.time()
         ids = [
             conn.execute(
-                "INSERT INTO tasks (category, pool, created_at, payload) VALUES (?, ?, ?, ?)",
+                "INSERT INTO tasks (category, pool, created_at, payload) VALUES (?, ?, ?, ?)"
+                " RETURNING id",
                 (categories[i % len(categories)], pool, now, str(depth)),
-            ).lastrowid
+            ).fetchone()[0]
             for i in range(n)
         ]
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+        conn.commit()
     writer.write("enq", ids=ids)
-    return [int(i) for i in ids if i is not None]
+    return [int(i) for i in ids]
 
 
 def active_tasks(tasks_db: str) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
 import time
 import traceback
 from typing import Any
@@ -15,15 +14,19 @@ from typing import Any
 from sqlmon import Heartbeat, Scheduler
 from sqlmon.errors import DatabaseMissing, NotInitialised
 
-from .harness import Truth, TruthWriter
+from .harness import Plain, Truth, TruthWriter, connect
 
 # `stop`, `go` and `stuck` are harness.Flag objects (shared bytes, no lock): safe to read in
 # processes that the scenarios SIGKILL.
 _CLAIM = (
     "UPDATE tasks SET status = 'running', worker_id = ?, started_at = ? WHERE id ="
-    " (SELECT id FROM tasks WHERE status = 'pending' AND pool = ? ORDER BY id LIMIT 1)"
+    " (SELECT id FROM tasks WHERE status = 'pending' AND pool = ? ORDER BY id LIMIT 1{lock})"
     " RETURNING id, category, payload"
 )
+# SQLite's write lock lets one claim run at a time. On PostgreSQL two claims may pick the same
+# row: the second then waits for the first and would claim it again, so each takes the oldest
+# row that no other claim holds, as a PostgreSQL queue does.
+_CLAIMS = {False: _CLAIM.format(lock=""), True: _CLAIM.format(lock=" FOR UPDATE SKIP LOCKED")}
 
 
 class _Beats:
@@ -68,12 +71,13 @@ def pipeline_worker(
         hb = Heartbeat(db, worker_id, pool, min_interval=opts.get("min_interval", 0.0))
         beat = _Beats(hb, w, opts.get("log_beats", False))
         every = opts.get("beat_every", 0.05)
-        conn = sqlite3.connect(tasks_db, timeout=30, isolation_level=None)
+        conn = connect(tasks_db)
+        claim = _CLAIMS[conn.pg]
         done = 0
         while not stop.is_set():
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute(_CLAIM, (worker_id, time.time(), pool)).fetchone()
-            conn.execute("COMMIT")
+            conn.begin()
+            row = conn.execute(claim, (worker_id, time.time(), pool)).fetchone()
+            conn.commit()
             if row is None:
                 beat(None)
                 time.sleep(every)
@@ -98,7 +102,7 @@ def pipeline_worker(
 
 
 def _complete(
-    conn: sqlite3.Connection,
+    conn: Plain,
     w: TruthWriter,
     task: int,
     category: str,
@@ -109,7 +113,7 @@ def _complete(
 ) -> None:
     """Mark done and enqueue the successor in one transaction, as the demo pipeline does; the
     ground truth ends the task just before COMMIT and starts its successor once it returned."""
-    conn.execute("BEGIN IMMEDIATE")
+    conn.begin()
     now = time.time()
     conn.execute("UPDATE tasks SET status = 'done', finished_at = ? WHERE id = ?", (now, task))
     if opts.get("done_pause"):
@@ -117,11 +121,12 @@ def _complete(
     succ = None
     if depth > 0:
         succ = conn.execute(
-            "INSERT INTO tasks (category, pool, created_at, payload) VALUES (?, ?, ?, ?)",
+            "INSERT INTO tasks (category, pool, created_at, payload) VALUES (?, ?, ?, ?)"
+            " RETURNING id",
             (category, pool, now, str(depth - 1)),
-        ).lastrowid
+        ).fetchone()[0]
     t = time.monotonic()
-    conn.execute("COMMIT")
+    conn.commit()
     w.write("done", t=t, task=task, succ=succ, t2=time.monotonic())
 
 
@@ -234,8 +239,7 @@ def naive_idle_checker(db: str, tasks_db: str, truth_dir: str, stop: Any) -> Non
     can. Each verdict is recorded with the monotonic window of its two reads."""
     w = Truth(truth_dir).writer("naive")
     try:
-        tconn = sqlite3.connect(tasks_db, timeout=30, isolation_level=None)
-        wconn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        tconn, wconn = connect(tasks_db), connect(db)
         while not stop.is_set():
             t0 = time.monotonic()
             pending = tconn.execute("SELECT count(*) FROM tasks WHERE status = 'pending'")

@@ -1,4 +1,5 @@
-"""The CI tier of the leadership scenarios; scripts/soak.py runs them longer."""
+"""The CI tier of the leadership scenarios, on SQLite and on PostgreSQL; scripts/soak.py runs
+them longer."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from pathlib import Path
 import pytest
 
 from . import leadership
-from .test_process_faults import held
+from .conftest import on_backends
+from .harness import Backend
+from .test_process_faults import held, run
+
+CI = {f.__name__: ci for f, ci, _soak in leadership.SCENARIOS}
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
-    "scenario", [f for f, _ci, _soak in leadership.SCENARIOS], ids=lambda f: f.__name__
+    ("scenario", "backend"), on_backends(leadership.SCENARIOS), indirect=["backend"]
 )
-def test_scenario(scenario, tmp_path: Path) -> None:
-    ci = {f.__name__: c for f, c, _ in leadership.SCENARIOS}[scenario.__name__]
-    held(scenario(tmp_path, **ci))
+def test_scenario(scenario, backend: Backend, tmp_path: Path) -> None:
+    held(run(scenario, tmp_path, backend, CI[scenario.__name__]))
