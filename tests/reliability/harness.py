@@ -294,6 +294,7 @@ def sessions_gone(db: str, pid: int, timeout: float = 60.0) -> bool:
 
 
 def sql(db: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of `query` (`?` placeholders), read with the plain driver."""
     if not is_pg(db):
         with connect(db) as conn:
             return [tuple(row) for row in conn.execute(query, params).fetchall()]
@@ -336,11 +337,11 @@ os.register_at_fork(after_in_child=_forget_held)
 
 def check_database(db: str) -> list[str]:
     """What must hold after any fault: the database is whole and no cycle is half-written."""
-    problems = _server_whole(db) if is_pg(db) else []
-    if not is_pg(db):
+    if is_pg(db):
+        problems = _server_whole(db)
+    else:
         result = sql(db, "PRAGMA integrity_check")
-        if result != [("ok",)]:
-            problems.append(f"integrity_check: {result[:5]}")
+        problems = [] if result == [("ok",)] else [f"integrity_check: {result[:5]}"]
     for query, problem in _WHOLE:
         (count,) = sql(db, query)[0]
         if count:

@@ -5,8 +5,7 @@ Each takeover round kills (SIGKILL) or pauses (SIGSTOP past its lease, then SIGC
 active scheduler while a standby waits; ground truth is what the driver did and saw: the term
 must rise by one per round, the idle row must never go back to an older run, the paused one
 must step down, and no idle verdict may appear while the driver's tasks are pending. A pause
-inside the write transaction keeps the idle row locked, so no takeover can happen during it:
-the standby must outlast it.
+inside the write transaction keeps the idle row locked: the standby must outlast it.
 
 Both run on SQLite and on PostgreSQL (`backend`).
 """
@@ -30,6 +29,7 @@ from .harness import (
     Outcome,
     check_database,
     connect,
+    is_pg,
     sql,
     titled,
     wait_for,
@@ -86,10 +86,12 @@ def _ended(proc: subprocess.Popen[str], timeout: float = 30.0) -> int | None:
 
 
 def takeovers(tmp: Path, rounds: int = 3, backend: Backend = SQLITE) -> Outcome:
-    """Rounds of a kill of the active scheduler, a pause past its lease, and a pause past its
-    lease inside its write transaction, which keeps the idle row locked: the standby cannot
-    take over then (on PostgreSQL until the server ends the paused session), but it keeps
-    standing by, and once the paused one resumes exactly one of them leads."""
+    """Rounds of a kill of the active scheduler, a pause past its lease, and a pause inside its
+    write transaction, which keeps the idle row locked. On SQLite nobody can write during that
+    pause (the paused one holds the write lock): the standby keeps standing by, and once the
+    paused one resumes exactly one of them leads. On PostgreSQL the server ends the paused
+    session after the scheduler's idle-in-transaction timeout: the standby takes over while
+    the other is still stopped, and that one, resumed, steps down."""
     db = backend.database(tmp)
     with connect(db) as conn:
         conn.execute(
@@ -136,7 +138,21 @@ def takeovers(tmp: Path, rounds: int = 3, backend: Backend = SQLITE) -> Outcome:
                 out.expect(_ended(standby) == 0, f"round {n}: the standby did not stop")
                 continue
             tried[kind] += 1
+            if kind == "pause inside its write" and is_pg(db):
+                # The server ends a scheduler's session that sits inside a transaction, which
+                # lets the idle row go: the standby takes over while the other is still
+                # stopped, and that one, resumed, finds its lease gone and steps down.
+                watch(lambda s=standby: _holder(db)[2] == s.pid)
+                out.expect(_holder(db)[2] == standby.pid, f"round {n}: the standby never took over")
+                out.expect(_holder(db)[1] == term + 1, f"round {n}: term {_holder(db)[1]}")
+                leader.send_signal(signal.SIGCONT)
+                code = _ended(leader)
+                out.expect(code == 0, f"round {n}: the resumed one did not step down ({code})")
+                watch(lambda: False, guard=0.2)
+                leader = standby
+                continue
             if kind == "pause inside its write":
+                # On SQLite the paused one holds the write lock itself: nobody can write.
                 watch(lambda: False, guard=LEASE + 0.5)
                 out.expect(
                     standby.poll() is None,
