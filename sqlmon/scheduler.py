@@ -283,11 +283,16 @@ class Scheduler(multiprocessing.Process):
         )
         return self.run_id
 
-    def read(self, now: float, mono: float | None = None) -> Observation:
-        """worker_status and the backlog, each from one consistent snapshot."""
+    def read(self, now: float | None = None, mono: float | None = None) -> Observation:
+        """worker_status and the backlog, each from one consistent snapshot. `now` (unix s)
+        defaults to the database's clock, read in the same transaction."""
         mono = time.monotonic() if mono is None else mono
         try:
             with dbmod.read(self._conn):
+                if now is None:
+                    # Its first statement: no transaction of its own (two round trips fewer on
+                    # PostgreSQL), and on PostgreSQL the snapshot is taken at that instant.
+                    now = dbmod.clock(self._conn)
                 workers = store.read_workers(self._conn)
                 upto = self._horizon.upto(self._conn, mono)
                 new = store.new_stretches(self._conn, self._folded, upto)
@@ -297,7 +302,9 @@ class Scheduler(multiprocessing.Process):
                 with dbmod.read(self._task_conn):
                     counts, high = self.backlog.read(self._task_conn)
         except sa.exc.DatabaseError as exc:
+            # The server unreachable, say: this host's clock stands in for the database's.
             self.errors[f"read: {describe(exc)}"] += 1
+            now = time.time() if now is None else now
             return Observation(read_started=now, error=describe(exc))
         return Observation(
             read_started=now, workers=workers, backlog=counts, high_water=high, stretches=new
@@ -309,17 +316,12 @@ class Scheduler(multiprocessing.Process):
             raise RuntimeError("Scheduler.open() first")
         started = time.perf_counter()
         mono = time.monotonic() if mono is None else mono
-        try:
-            now = dbmod.clock(self._conn) if now is None else now
-        except sa.exc.DatabaseError as exc:
-            # The server is unreachable: the read below fails the same way and says why.
-            self.errors[f"clock: {describe(exc)}"] += 1
-            now = time.time()
         if _inode(self._path) != self._inode:
             # Never write into a deleted inode, nor a run into a file that is not its own.
             self._leading = False
             raise DatabaseError(f"{self._path}: the database file was deleted or replaced")
         obs = self.read(now, mono)
+        now = obs.read_started
         cycle = self.judge.judge(obs, now, mono)
         for finding in cycle.warnings:
             log.warning("%s", finding)
