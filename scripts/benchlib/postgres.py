@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +42,32 @@ RAW_TRANSITION = (
 )
 
 
-def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
+# What every PostgreSQL section reports when this machine cannot run one.
+NO_SERVER = "no PostgreSQL server binaries in /usr/lib/postgresql (apt-get install postgresql)"
+
+
+def available() -> bool:
     from tests import pg  # the tests' throwaway cluster
 
-    if pg.server_bin() is None:
-        return {"skipped": "no PostgreSQL server installed"}
-    with pg.cluster(fsync=True) as server:  # in /tmp: the postgres user must reach it
-        dbs = pg.Databases(server)
-        url = server.url(dbs.create(initialised=False))
+    return pg.server_bin() is not None
+
+
+@contextmanager
+def fresh_database(settings: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
+    """A throwaway cluster with fsync on (and `settings`), and the URL of an initialised
+    database on it: (server, url)."""
+    from tests import pg
+
+    with pg.cluster(fsync=True, settings=settings) as server:  # in /tmp: postgres must reach it
+        url = server.url(pg.Databases(server).create(initialised=False))
         init_db(url)
+        yield server, url
+
+
+def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
+    if not available():
+        return {"skipped": NO_SERVER}
+    with fresh_database() as (server, url):
         return _measure(server, url, sizes)
 
 
