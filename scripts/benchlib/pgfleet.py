@@ -256,8 +256,9 @@ def _pending(rows: list[tuple[Any, ...]]) -> dict[tuple[str, str], int]:
 
 
 def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
-    if not postgres.available():
-        return {"skipped": postgres.NO_SERVER}
+    why = postgres.unavailable()
+    if why:
+        return {"skipped": why, "workers": sizes.fleet_workers}
     settings = {"max_connections": str(MAX_CONNECTIONS)}
     with postgres.fresh_database(settings) as (server, url):
         return _measure(server, url, workdir, sizes)
@@ -336,6 +337,8 @@ def _measure(server: Any, url: str, workdir: str, sizes: Sizes) -> dict[str, Any
     out["scheduler_cpu_share"], out["server_cpu_share"], out["workers_cpu_share"] = share
     # Everything the machine ran meanwhile, the fleet and whatever else: the noise's measure.
     out["machine_busy_share"] = (machine1[0] - machine0[0]) / (machine1[1] - machine0[1])
+    # What other processes ran meanwhile (other jobs on a shared machine), in cores.
+    out["others_cpu_share"] = (machine1[0] - machine0[0]) / elapsed - sum(share)
     out["load_average"] = (load0, load1)
     with open(scheduler.timings) as f:
         steps = [tuple(map(float, line.split())) for line in f]
@@ -389,7 +392,7 @@ def _measure(server: Any, url: str, workdir: str, sizes: Sizes) -> dict[str, Any
 
 def render(r: dict[str, Any]) -> str:
     if "skipped" in r:
-        return f"PostgreSQL fleet: skipped ({r['skipped']})"
+        return f"PostgreSQL fleet: skipped, {r['skipped']}"
     c, raw, b = r["cycle"], r["raw_cycle"], r["beats"]
     return "\n".join(
         [
@@ -404,9 +407,10 @@ def render(r: dict[str, Any]) -> str:
             f" {r['recorded_cycle_median_ms']:.1f} ms",
             f"  CPU of one core: scheduler {r['scheduler_cpu_share']:.1%} (RSS"
             f" {r['scheduler_rss_mb']:.0f} MB), server {r['server_cpu_share']:.1%}, workers"
-            f" {r['workers_cpu_share']:.1%}; the whole machine {r['machine_busy_share']:.0%}"
-            f" busy (of {os.cpu_count()} cores), load average {r['load_average'][0]:.1f} at the"
-            f" start, {r['load_average'][1]:.1f} at the end",
+            f" {r['workers_cpu_share']:.1%}, other processes {r['others_cpu_share']:.0%}; the"
+            f" whole machine {r['machine_busy_share']:.0%} busy (of {os.cpu_count()} cores),"
+            f" load average {r['load_average'][0]:.1f} at the start,"
+            f" {r['load_average'][1]:.1f} at the end",
             f"  beats: {b['written']:,} written of {b['attempted']:,} attempted (missed"
             f" {b['missed']}, sqlmon counted {b['sqlmon_missed']}); latency p50"
             f" {b['p50_us']:.0f} us, p99 {b['p99_us']:.0f} us, max {b['max_us']:.0f} us; p99"

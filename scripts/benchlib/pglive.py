@@ -87,8 +87,9 @@ def build(conn: Any, rows: int, pending: int, workers: int, hours: float) -> int
 
 
 def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
-    if not postgres.available():
-        return {"skipped": postgres.NO_SERVER}
+    why = postgres.unavailable()
+    if why:
+        return {"skipped": why}
     with postgres.fresh_database() as (server, url):
         name = url.split("@/")[1].split("?")[0]
         with server.connect(name) as conn:
@@ -119,7 +120,7 @@ def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
 
 def render(r: dict[str, Any], sqlite: dict[str, Any] | None) -> str:
     if "skipped" in r:
-        return f"PostgreSQL live view: skipped ({r['skipped']})"
+        return f"PostgreSQL live view: skipped, {r['skipped']}"
     lines = []
     for name, path in (("metrics", "/metrics"), ("status", "/api/v1/status")):
         v = r[name]

@@ -42,14 +42,17 @@ RAW_TRANSITION = (
 )
 
 
-# What every PostgreSQL section reports when this machine cannot run one.
-NO_SERVER = "no PostgreSQL server binaries in /usr/lib/postgresql (apt-get install postgresql)"
-
-
-def available() -> bool:
+def unavailable() -> str | None:
+    """Why this machine cannot run the PostgreSQL sections, or None when it can."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (uv sync, or pip install 'sqlmon[postgresql]')"
     from tests import pg  # the tests' throwaway cluster
 
-    return pg.server_bin() is not None
+    if pg.server_bin() is None:
+        return "no PostgreSQL server binaries in /usr/lib/postgresql (apt-get install postgresql)"
+    return None
 
 
 @contextmanager
@@ -65,8 +68,9 @@ def fresh_database(settings: dict[str, str] | None = None) -> Iterator[tuple[Any
 
 
 def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
-    if not available():
-        return {"skipped": NO_SERVER}
+    why = unavailable()
+    if why:
+        return {"skipped": why}
     with fresh_database() as (server, url):
         return _measure(server, url, sizes)
 
@@ -192,7 +196,7 @@ def _time_each(fn: Any, n: int, start: int) -> list[int]:
 
 def render(r: dict[str, Any]) -> str:
     if "skipped" in r:
-        return f"\nPostgreSQL: skipped ({r['skipped']})"
+        return f"PostgreSQL: skipped, {r['skipped']}"
     lines = ["", "PostgreSQL (a throwaway local cluster, fsync on, Unix socket):"]
     for k in (
         "sqlmon_beat",

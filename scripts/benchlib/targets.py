@@ -256,7 +256,8 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"psycopg running a quiet cycle's statements, {_get(fl, 'raw_cycle', 'median_ms'):.1f} "
         f"ms; scheduler CPU {fl['scheduler_cpu_share']:.1%}, server "
         f"{fl['server_cpu_share']:.1%}, workers {fl['workers_cpu_share']:.1%} of a core; "
-        f"beats missed {_get(fl, 'beats', 'missed')} of {_get(fl, 'beats', 'attempted'):,})"
+        f"beats missed {_get(fl, 'beats', 'missed')} of {_get(fl, 'beats', 'attempted'):,}; "
+        f"other processes meanwhile {fl.get('others_cpu_share', 0):.0%} of a core)"
         if x is not None
         else "",
     )
