@@ -293,6 +293,7 @@ class Scheduler(multiprocessing.Process):
                     # Its first statement: no transaction of its own (two round trips fewer on
                     # PostgreSQL), and on PostgreSQL the snapshot is taken at that instant.
                     now = dbmod.clock(self._conn)
+                    self._clock_read = time.perf_counter()
                 workers = store.read_workers(self._conn)
                 upto = self._horizon.upto(self._conn, mono)
                 new = store.new_stretches(self._conn, self._folded, upto)
@@ -304,7 +305,8 @@ class Scheduler(multiprocessing.Process):
         except sa.exc.DatabaseError as exc:
             # The server unreachable, say: this host's clock stands in for the database's.
             self.errors[f"read: {describe(exc)}"] += 1
-            now = time.time() if now is None else now
+            if now is None:
+                now, self._clock_read = time.time(), time.perf_counter()
             return Observation(read_started=now, error=describe(exc))
         return Observation(
             read_started=now, workers=workers, backlog=counts, high_water=high, stretches=new
@@ -315,6 +317,8 @@ class Scheduler(multiprocessing.Process):
         if not self._opened:
             raise RuntimeError("Scheduler.open() first")
         started = time.perf_counter()
+        # When `now` was read (perf_counter): the cycle's `now` is what the clock said then.
+        self._clock_read = started
         mono = time.monotonic() if mono is None else mono
         if _inode(self._path) != self._inode:
             # Never write into a deleted inode, nor a run into a file that is not its own.
@@ -330,7 +334,11 @@ class Scheduler(multiprocessing.Process):
         folded: tuple[int, dict[stretches.TotalKey, stretches.Total]] = (self._folded, {})
         if obs.stretches:
             folded = (obs.stretches[-1][0], stretches.fold(obs.stretches, self._windows))
-        seconds = time.perf_counter() - started
+        done = time.perf_counter()
+        seconds = done - started
+        # The database's clock at this instant: never ahead of it, or a reader right after
+        # the commit would find the heartbeat in its future.
+        heartbeat = now + (done - self._clock_read)
         # The judge reports each transition once: those of a cycle whose write fails wait for
         # the next write, or they would be lost (a restart never said to be a new incarnation).
         events = self._unwritten + cycle.events
@@ -344,11 +352,11 @@ class Scheduler(multiprocessing.Process):
                     self.run_id,
                     cycle,
                     term=self.term,
-                    expires_at=now + seconds + self._ttl,
+                    expires_at=heartbeat + self._ttl,
                     cycle_seconds=seconds,
                     writes_skipped=self.writes_skipped,
                     stop_seen=stop_seen,
-                    heartbeat=now + seconds,
+                    heartbeat=heartbeat,
                     events=events,
                     judged=judged,
                     closes=closes,
