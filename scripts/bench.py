@@ -1,9 +1,11 @@
 """sqlmon's benchmark: heartbeat cost against the SQLite limit and the alternatives, tails under
-load, the scheduler cycle, worker start-up, the post-run commands and the live view, in one run.
+load, the scheduler cycle, worker start-up, the post-run commands and the live view, in one run;
+then the same questions on PostgreSQL.
 
     uv run python scripts/bench.py            # the full run recorded in BENCHMARKS.md
-    uv run python scripts/bench.py --quick    # about a minute
+    uv run python scripts/bench.py --quick    # a few minutes
     uv run python scripts/bench.py --json out.json --dir /some/disk
+    uv run python scripts/bench.py --only postgresql_fleet --only postgresql_live_view
 
 Databases go in a temporary directory under --dir (default: the system's temporary directory);
 compare on a real disk, not tmpfs: every baseline runs in the same directory as sqlmon.
@@ -25,7 +27,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import cycle, heartbeat, live, postgres, postrun, record, startup, tails  # noqa: E402
+from benchlib import (  # noqa: E402
+    cycle,
+    heartbeat,
+    live,
+    pgfleet,
+    pglive,
+    postgres,
+    postrun,
+    record,
+    startup,
+    tails,
+)
 from benchlib.sizes import FULL, QUICK, TINY, Sizes  # noqa: E402
 from benchlib.targets import judge, render  # noqa: E402
 
@@ -71,13 +84,31 @@ def _filesystem(path: str) -> str | None:
     return best[1] if best else None
 
 
-def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
+SECTIONS = (
+    "heartbeat_write",
+    "coalesced_beat",
+    "tails",
+    "scheduler_cycle",
+    "startup",
+    "post_run",
+    "record",
+    "live_view",
+    "postgresql",
+    "postgresql_fleet",
+    "postgresql_live_view",
+)
+
+
+def run(sizes: Sizes, workdir: str, only: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every section, or those named in `only`."""
     from sqlmon import init_db
 
     results: dict[str, Any] = {"sizes": sizes.name, "machine": machine(workdir)}
     started = time.perf_counter()
 
     def section(name: str, fn: Any, *args: Any) -> None:
+        if only and name not in only:
+            return
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         results[name] = fn(*args)
@@ -94,6 +125,8 @@ def run(sizes: Sizes, workdir: str) -> dict[str, Any]:
     section("record", record.measure, workdir, sizes)
     section("live_view", live.measure, workdir, sizes)
     section("postgresql", postgres.measure, workdir, sizes)
+    section("postgresql_fleet", pgfleet.measure, workdir, sizes)
+    section("postgresql_live_view", pglive.measure, workdir, sizes)
     results["total_s"] = time.perf_counter() - started
     results["targets"] = judge(results)
     return results
@@ -105,16 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: shows it works (tests)")
     parser.add_argument("--json", default="bench-results.json", help="where to write the figures")
     parser.add_argument("--dir", default=None, help="parent directory of the temporary databases")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="SECTION",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
+    )
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
     workdir = tempfile.mkdtemp(prefix="sqlmon-bench-", dir=args.dir)
     try:
-        results = run(sizes, workdir)
+        results = run(sizes, workdir, frozenset(args.only or ()))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(render(results))
-    print(postgres.render(results["postgresql"]))
     print(f"\nfigures written to {args.json}")
     return 0
 

@@ -376,9 +376,13 @@ def _pragma(conn: Connection, sql: str) -> list[tuple[object, ...]]:
 @contextmanager
 def _driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
     """A cursor on the driver's connection whose errors are raised as SQLAlchemy raises every
-    other statement's, so that callers' except clauses see them (an I/O error, a full disk)."""
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    other statement's, so that callers' except clauses see them (an I/O error, a full disk,
+    a connection to the server that was lost, which psycopg reports as early as cursor())."""
     dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error) from exc
     try:
         yield cur
     except dbapi_error as exc:
@@ -397,17 +401,22 @@ def positional_sql(stmt: Any, dialect: Any, names: tuple[str, ...]) -> str:
     return str(compiled.string)
 
 
+def _positional(dialect: Any) -> Any:
+    """`dialect` when it binds by position (pysqlite), else one of its kind that binds with %s
+    (psycopg's own placeholder), so that values go to the driver's cursor as a tuple."""
+    return dialect if dialect.positional else type(dialect)(paramstyle="format")
+
+
 class Prepared:
     """A statement compiled once and run with positional values, for statements that run every
     scheduler cycle.
 
     Connection.execute spends many times more per statement on SQLAlchemy's bookkeeping (cache
     key, execution context, result rows) than the driver's cursor does on the statement, and a
-    cycle runs six statements. On SQLite the statement is compiled once for the connection's
-    dialect and runs on the driver's cursor inside the transaction SQLAlchemy began; on other
-    backends it runs through Core as it is. `stmt` binds `names`, in that order, or is SQL text
-    without parameters, or builds the statement for a dialect's name (an upsert's ON CONFLICT
-    is written per dialect).
+    cycle runs six statements or more, some on a thousand rows. So the statement is compiled
+    once per dialect and runs on the driver's cursor, inside the transaction SQLAlchemy began.
+    `stmt` binds `names`, in that order, or is SQL text without parameters, or builds the
+    statement for a dialect's name (an upsert's ON CONFLICT is written per dialect).
     """
 
     def __init__(
@@ -418,7 +427,7 @@ class Prepared:
         self._build = stmt if callable(stmt) and not isinstance(stmt, sa.ClauseElement) else None
         self.stmt: Any = None if self._build is not None else stmt
         self.names = names
-        self._sql: str | None = None
+        self._sql: dict[tuple[str, bool], str] = {}  # (dialect, returning) -> SQL
         self._by_dialect: dict[str, Any] = {}
 
     def _stmt(self, conn: Connection) -> Any:
@@ -429,57 +438,47 @@ class Prepared:
             self._by_dialect[name] = self._build(name)
         return self._by_dialect[name]
 
-    def _compiled(self, conn: Connection) -> str:
+    def _compiled(self, conn: Connection, returning: bool = False) -> str:
         # On the driver's cursor nothing begins a transaction: outside read() or write() each
         # statement would commit alone, and a kill between two could leave half a cycle.
         if not conn.in_transaction():
             raise RuntimeError("a prepared statement runs inside db.read() or db.write()")
-        if self._sql is None:
+        key = (conn.dialect.name, returning)
+        if key not in self._sql:
             stmt = self._stmt(conn)
             if isinstance(stmt, str):
-                self._sql = stmt
+                self._sql[key] = stmt
             else:
-                self._sql = positional_sql(stmt, conn.dialect, self.names)
-        return self._sql
-
-    def _core(self, conn: Connection, values: Sequence[Any] | None = None) -> sa.CursorResult[Any]:
-        stmt = self._stmt(conn)
-        if isinstance(stmt, str):
-            return conn.exec_driver_sql(stmt)
-        if values is None:
-            return conn.execute(stmt)
-        return conn.execute(stmt, dict(zip(self.names, values, strict=True)))
+                if returning:
+                    stmt = stmt.returning(*stmt.table.primary_key)
+                self._sql[key] = positional_sql(stmt, _positional(conn.dialect), self.names)
+        return self._sql[key]
 
     def rows(self, conn: Connection, values: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if conn.dialect.name != "sqlite":
-            return [tuple(r) for r in self._core(conn, values if self.names else None)]
         sql = self._compiled(conn)
         with _driver_cursor(conn, sql) as cur:
-            return cur.execute(sql, values).fetchall()  # type: ignore[no-any-return]
+            # Values always, even none: psycopg reads %% as % only when given some.
+            return cur.execute(sql, tuple(values)).fetchall()  # type: ignore[no-any-return]
 
     def insert(self, conn: Connection, values: Sequence[Any]) -> int:
-        """Run an INSERT of one row; return its primary key."""
-        if conn.dialect.name != "sqlite":
-            return int(self._core(conn, values).inserted_primary_key[0])  # type: ignore[index]
-        sql = self._compiled(conn)
+        """Run an INSERT of one row; return its primary key (SQLite's rowid; elsewhere the
+        statement returns it)."""
+        rowid = conn.dialect.name == "sqlite"
+        sql = self._compiled(conn, returning=not rowid)
         with _driver_cursor(conn, sql) as cur:
-            return int(cur.execute(sql, values).lastrowid)
+            cur.execute(sql, tuple(values))
+            return int(cur.lastrowid if rowid else cur.fetchone()[0])
 
     def run(self, conn: Connection, values: Sequence[Any]) -> int:
         """Run the statement; return the number of rows it changed."""
-        if conn.dialect.name != "sqlite":
-            return int(self._core(conn, values).rowcount)
         sql = self._compiled(conn)
         with _driver_cursor(conn, sql) as cur:
-            return int(cur.execute(sql, values).rowcount)
+            return int(cur.execute(sql, tuple(values)).rowcount)
 
     def many(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        if conn.dialect.name != "sqlite":
-            conn.execute(self._stmt(conn), [dict(zip(self.names, r, strict=True)) for r in rows])
-            return
         sql = self._compiled(conn)
         with _driver_cursor(conn, sql) as cur:
-            cur.executemany(sql, rows)
+            cur.executemany(sql, rows)  # psycopg sends them all before reading any answer
 
 
 def shrink_wal(conn: Connection, passes: int = 1) -> str | None:

@@ -300,11 +300,17 @@ class Scheduler(multiprocessing.Process):
         )
         return self.run_id
 
-    def read(self, now: float, mono: float | None = None) -> Observation:
-        """worker_status and the backlog, each from one consistent snapshot."""
+    def read(self, now: float | None = None, mono: float | None = None) -> Observation:
+        """worker_status and the backlog, each from one consistent snapshot. `now` (unix s)
+        defaults to the database's clock, read in the same transaction."""
         mono = time.monotonic() if mono is None else mono
         try:
             with dbmod.read(self._conn):
+                if now is None:
+                    # Its first statement: no transaction of its own (two round trips fewer on
+                    # PostgreSQL), and on PostgreSQL the snapshot is taken at that instant.
+                    now = dbmod.clock(self._conn)
+                    self._clock_read = time.perf_counter()
                 workers = store.read_workers(self._conn)
                 # The server's connections, to show a remote worker's closed connection.
                 backends = (
@@ -320,7 +326,10 @@ class Scheduler(multiprocessing.Process):
                 with dbmod.read(self._task_conn):
                     counts, high = self.backlog.read(self._task_conn)
         except sa.exc.DatabaseError as exc:
+            # The server unreachable, say: this host's clock stands in for the database's.
             self.errors[f"read: {describe(exc)}"] += 1
+            if now is None:
+                now, self._clock_read = time.time(), time.perf_counter()
             return Observation(read_started=now, error=describe(exc))
         return Observation(
             read_started=now,
@@ -336,18 +345,15 @@ class Scheduler(multiprocessing.Process):
         if not self._opened:
             raise RuntimeError("Scheduler.open() first")
         started = time.perf_counter()
+        # When `now` was read (perf_counter): the cycle's `now` is what the clock said then.
+        self._clock_read = started
         mono = time.monotonic() if mono is None else mono
-        try:
-            now = dbmod.clock(self._conn) if now is None else now
-        except sa.exc.DatabaseError as exc:
-            # The server is unreachable: the read below fails the same way and says why.
-            self.errors[f"clock: {describe(exc)}"] += 1
-            now = time.time()
         if _inode(self._path) != self._inode:
             # Never write into a deleted inode, nor a run into a file that is not its own.
             self._leading = False
             raise DatabaseError(f"{self._path}: the database file was deleted or replaced")
         obs = self.read(now, mono)
+        now = obs.read_started
         cycle = self.judge.judge(obs, now, mono)
         for finding in cycle.warnings:
             log.warning("%s", finding)
@@ -356,7 +362,11 @@ class Scheduler(multiprocessing.Process):
         folded: tuple[int, dict[stretches.TotalKey, stretches.Total]] = (self._folded, {})
         if obs.stretches:
             folded = (obs.stretches[-1][0], stretches.fold(obs.stretches, self._windows))
-        seconds = time.perf_counter() - started
+        done = time.perf_counter()
+        seconds = done - started
+        # The database's clock at this instant: never ahead of it, or a reader right after
+        # the commit would find the heartbeat in its future.
+        heartbeat = now + (done - self._clock_read)
         # The judge reports each transition once: those of a cycle whose write fails wait for
         # the next write, or they would be lost (a restart never said to be a new incarnation).
         events = self._unwritten + cycle.events
@@ -370,11 +380,11 @@ class Scheduler(multiprocessing.Process):
                     self.run_id,
                     cycle,
                     term=self.term,
-                    expires_at=now + seconds + self._ttl,
+                    expires_at=heartbeat + self._ttl,
                     cycle_seconds=seconds,
                     writes_skipped=self.writes_skipped,
                     stop_seen=stop_seen,
-                    heartbeat=now + seconds,
+                    heartbeat=heartbeat,
                     events=events,
                     judged=judged,
                     closes=closes,

@@ -46,7 +46,7 @@ _NEW_STRETCHES = Prepared(
     .offset(sa.literal_column("0")),  # SQLite would bind an OFFSET of its own
     ("after", "upto"),
 )
-_LAST_STRETCH = Prepared(sa.select(sa.func.coalesce(sa.func.max(_ws.id), 0)))
+_LAST_STRETCH = Prepared(sa.select(sa.func.coalesce(sa.func.max(_ws.id), sa.literal_column("0"))))
 
 
 def read_workers(conn: Connection) -> list[WorkerRow]:

@@ -63,9 +63,12 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def cluster(*, fsync: bool = False, parent: str | None = None) -> Iterator[Server]:
+def cluster(
+    *, fsync: bool = False, parent: str | None = None, settings: dict[str, str] | None = None
+) -> Iterator[Server]:
     """Start a private cluster (in a new directory under `parent`); stop and delete it on the
-    way out. Without fsync unless asked: the tests need no durability, the benchmark does."""
+    way out. Without fsync unless asked: the tests need no durability, the benchmark does.
+    `settings` (name: value) are passed to the server over its defaults here."""
     bindir = server_bin()
     if bindir is None:
         raise RuntimeError(
@@ -86,9 +89,14 @@ def cluster(*, fsync: bool = False, parent: str | None = None) -> Iterator[Serve
         ),
         **run,
     )
-    options = (
-        f"{'' if fsync else '-F '}-k {sock} -p {PORT} -c listen_addresses='' "
-        "-c max_connections=200 -c shared_buffers=32MB -c track_commit_timestamp=off"
+    server_settings = {
+        "max_connections": "200",
+        "shared_buffers": "32MB",
+        "track_commit_timestamp": "off",
+        **(settings or {}),
+    }
+    options = f"{'' if fsync else '-F '}-k {sock} -p {PORT} -c listen_addresses='' " + " ".join(
+        f"-c {name}={value}" for name, value in server_settings.items()
     )
     subprocess.run(
         _as_postgres(

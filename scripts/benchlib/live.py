@@ -15,6 +15,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlmon import Scheduler
@@ -78,37 +79,47 @@ def _timed(conn: http.client.HTTPConnection, path: str, n: int) -> list[float]:
 
 
 def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
-    from sqlmon.serve import SqlmonServer
-
     path = os.path.join(workdir, "live.db")
     t0 = time.perf_counter()
     build(path, sizes.cycle_large, sizes.cycle_pending, sizes.cycle_workers)
     snapshots = add_history(path, sizes.history_hours, sizes.cycle_workers)
-    built = time.perf_counter() - t0
-    ctx = multiprocessing.get_context("spawn")
-    terminate = ctx.Event()
-    scheduler = Scheduler(
-        path, terminate=terminate, interval=1.0, log_level=logging.WARNING, start_method="spawn"
-    )
-    beater = _Beater(path)
-    scheduler.start()
-    server = SqlmonServer(path, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     out: dict[str, Any] = {
         "tasks": sizes.cycle_large,
         "pending": sizes.cycle_pending,
         "workers": sizes.cycle_workers,
         "snapshots": snapshots,
-        "build_s": built,
+        "build_s": time.perf_counter() - t0,
     }
+    beater = _Beater(path)
+    try:
+        out.update(serve_and_time(path, beater.beat, sizes))
+    finally:
+        beater.close()
+    return out
+
+
+def serve_and_time(db: str, beat: Callable[[], None], sizes: Sizes) -> dict[str, Any]:
+    """Each endpoint of a `sqlmon serve` on `db`, timed while a real Scheduler cycles at 1 Hz
+    and `beat` moves the worker rows on between rounds of requests."""
+    from sqlmon.serve import SqlmonServer
+
+    ctx = multiprocessing.get_context("spawn")
+    terminate = ctx.Event()
+    scheduler = Scheduler(
+        db, terminate=terminate, interval=1.0, log_level=logging.WARNING, start_method="spawn"
+    )
+    scheduler.start()
+    server = SqlmonServer(db, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    out: dict[str, Any] = {}
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         deadline = time.monotonic() + 60  # the scheduler's first cycle, in its own process
         while b"sqlmon_scheduler_cycles_total" not in _get(conn, "/metrics"):
             if time.monotonic() > deadline:
                 raise RuntimeError("the scheduler wrote no cycle within 60 s")
-            beater.beat()
+            beat()
             time.sleep(0.25)
         for name, url in PATHS.items():
             _timed(conn, url, 10)  # warm: the engine, the static caches
@@ -116,7 +127,7 @@ def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
             statements = 0
             rounds = max(1, sizes.live_requests // 50)
             for _ in range(rounds):  # beats between rounds: the scheduler keeps writing
-                beater.beat()
+                beat()
                 before = server.source.statements
                 samples += _timed(conn, url, 50)
                 statements += server.source.statements - before
@@ -134,7 +145,6 @@ def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
         server.server_close()
         terminate.set()
         scheduler.join(30)
-        beater.close()
     return out
 
 

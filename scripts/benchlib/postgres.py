@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +42,36 @@ RAW_TRANSITION = (
 )
 
 
-def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
+def unavailable() -> str | None:
+    """Why this machine cannot run the PostgreSQL sections, or None when it can."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (uv sync, or pip install 'sqlmon[postgresql]')"
     from tests import pg  # the tests' throwaway cluster
 
     if pg.server_bin() is None:
-        return {"skipped": "no PostgreSQL server installed"}
-    with pg.cluster(fsync=True) as server:  # in /tmp: the postgres user must reach it
-        dbs = pg.Databases(server)
-        url = server.url(dbs.create(initialised=False))
+        return "no PostgreSQL server binaries in /usr/lib/postgresql (apt-get install postgresql)"
+    return None
+
+
+@contextmanager
+def fresh_database(settings: dict[str, str] | None = None) -> Iterator[tuple[Any, str]]:
+    """A throwaway cluster with fsync on (and `settings`), and the URL of an initialised
+    database on it: (server, url)."""
+    from tests import pg
+
+    with pg.cluster(fsync=True, settings=settings) as server:  # in /tmp: postgres must reach it
+        url = server.url(pg.Databases(server).create(initialised=False))
         init_db(url)
+        yield server, url
+
+
+def measure(workdir: str, sizes: Sizes) -> dict[str, Any]:
+    why = unavailable()
+    if why:
+        return {"skipped": why}
+    with fresh_database() as (server, url):
         return _measure(server, url, sizes)
 
 
@@ -173,7 +196,7 @@ def _time_each(fn: Any, n: int, start: int) -> list[int]:
 
 def render(r: dict[str, Any]) -> str:
     if "skipped" in r:
-        return f"\nPostgreSQL: skipped ({r['skipped']})"
+        return f"PostgreSQL: skipped, {r['skipped']}"
     lines = ["", "PostgreSQL (a throwaway local cluster, fsync on, Unix socket):"]
     for k in (
         "sqlmon_beat",

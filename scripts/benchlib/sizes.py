@@ -29,6 +29,10 @@ class Sizes:
     cli_runs: int
     record_hours: float = 24.0  # length of the generated run of stretches (section 7)
     live_requests: int = 500  # requests timed per live-view endpoint
+    fleet_workers: int = 1000  # simulated workers on PostgreSQL, each a Heartbeat at 1 Hz
+    fleet_processes: int = 10  # processes holding them
+    fleet_seconds: float = 60.0  # the measured window
+    fleet_warmup_s: float = 35.0  # after every worker registered: past the fold's settle time
 
 
 FULL = Sizes(
@@ -77,6 +81,8 @@ QUICK = Sizes(
     history_categories=10,
     cli_runs=2,
     live_requests=300,
+    fleet_seconds=15.0,
+    fleet_warmup_s=5.0,
 )
 
 # For the test: every section runs and writes its figures, in seconds rather than minutes.
@@ -103,4 +109,8 @@ TINY = Sizes(
     cli_runs=1,
     record_hours=0.01,
     live_requests=50,
+    fleet_workers=20,
+    fleet_processes=2,
+    fleet_seconds=2.0,
+    fleet_warmup_s=1.0,
 )

@@ -34,7 +34,11 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
     tl = r.get("tails", {})
     out = []
 
+    section = "heartbeat_write"  # the section the targets below are judged from
+
     def target(name: str, value: float | None, ok: bool | None, figure: str) -> None:
+        if section not in r:
+            return  # not run (bench.py --only)
         out.append(
             {
                 "target": name,
@@ -65,8 +69,10 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x >= 7,
         f"{x:.2f}x ({redis:.1f} vs {sqlmon:.1f} us)" if x else "",
     )
+    section = "coalesced_beat"
     x = _get(r, "coalesced_beat", "median_us")
     target("coalesced beat <= 0.5 us", x, x is not None and x <= 0.5, f"{x:.3f} us" if x else "")
+    section = "tails"
     x = tl.get("p999_us")
     target(
         f"tails p99.9 <= 1 ms at {tl.get('workers')} workers",
@@ -97,6 +103,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 64,
         f"{x:.1f} MB" if x is not None else "",
     )
+    section = "scheduler_cycle"
     x = ratio(large, small)
     target(
         "cycle at 1M tasks <= 1.3x cycle at 10k",
@@ -118,6 +125,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 0.01,
         f"{x:.2%} (RSS {_get(cyc, 'large', 'rss_mb') or 0:.0f} MB)" if x is not None else "",
     )
+    section = "startup"
     sm_ms, sa_ms = st.get("sqlmon_import_ms"), st.get("sqlalchemy_import_ms")
     x = ratio(sm_ms, sa_ms)
     target(
@@ -135,6 +143,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"typer {'loaded' if loaded[0] else 'not loaded'}, tabulate "
         f"{'loaded' if loaded[1] else 'not loaded'}",
     )
+    section = "post_run"
     hours = pr.get("hours")
     x = pr.get("report_s")
     target(
@@ -150,6 +159,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 0.5,
         f"{x:.2f} s" if x is not None else "",
     )
+    section = "startup"
     cmd = st.get("commands", {}).get("bytecode", {})
     inspections = ("status", "check", "runs", "history")
     worst = max((cmd[f"{k}_ratio"], k) for k in inspections) if cmd else None
@@ -160,6 +170,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 1.3,
         f"{x:.2f}x (slowest: {worst[1]})" if worst else "",
     )
+    section = "post_run"
     x = pr.get("history_mb_per_hour")
     target(
         "history <= 5 MB per hour",
@@ -167,6 +178,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         x is not None and x <= 5,
         f"{x:.2f} MB/h" if x is not None else "",
     )
+    section = "record"
     rec = r.get("record", {})
     moving = _get(rec, "transition", "sqlmon", "median_us")
     raw = _get(rec, "transition", "sqlite3_raw", "median_us")
@@ -203,6 +215,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         if x is not None
         else "",
     )
+    section = "live_view"
     lv = r.get("live_view", {})
     for name, path in (("metrics", "/metrics"), ("status", "/api/v1/status")):
         x = _get(lv, name, "p99_ms")
@@ -212,6 +225,56 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
             x,
             x is not None and x <= 100,
             f"{x:.1f} ms, {n:.0f} SQL statements" if x is not None else "",
+        )
+    section = "postgresql"
+    pg = r.get("postgresql", {})
+    x = pg.get("beat_ratio")
+    target(
+        "PostgreSQL: beat <= 1.15x raw psycopg (same UPDATE, asynchronous commit)",
+        x,
+        x is not None and x <= 1.15,
+        f"{x:.2f}x ({_get(pg, 'sqlmon_beat', 'median_us'):.1f} vs "
+        f"{_get(pg, 'raw_beat', 'median_us'):.1f} us)"
+        if x is not None
+        else "",
+    )
+    x = pg.get("hot_share")
+    target(
+        "PostgreSQL: HOT updates >= 95% of worker_status updates",
+        x,
+        x is not None and x >= 0.95,
+        f"{x:.1%} of {pg.get('worker_status_updates'):,}" if x is not None else "",
+    )
+    section = "postgresql_fleet"
+    fl = r.get("postgresql_fleet", {})
+    x = _get(fl, "cycle", "median_ms")
+    target(
+        f"PostgreSQL: cycle median <= 20 ms at {fl.get('workers')} workers beating at 1 Hz",
+        x,
+        x is not None and x <= 20,
+        f"{x:.1f} ms (p95 {_get(fl, 'cycle', 'p95_ms'):.1f} ms; {fl['cycle_ratio']:.2f}x raw "
+        f"psycopg running a quiet cycle's statements, {_get(fl, 'raw_cycle', 'median_ms'):.1f} "
+        f"ms; scheduler CPU {fl['scheduler_cpu_share']:.1%}, server "
+        f"{fl['server_cpu_share']:.1%}, workers {fl['workers_cpu_share']:.1%} of a core; "
+        f"beats missed {_get(fl, 'beats', 'missed')} of {_get(fl, 'beats', 'attempted'):,}; "
+        f"other processes meanwhile {fl.get('others_cpu_share', 0):.0%} of a core)"
+        if x is not None
+        else "",
+    )
+    section = "postgresql_live_view"
+    pl = r.get("postgresql_live_view", {})
+    for name, path in (("metrics", "/metrics"), ("status", "/api/v1/status")):
+        x = _get(pl, name, "p99_ms")
+        n = _get(pl, name, "statements_per_request")
+        base = _get(r, "live_view", name, "p99_ms")
+        target(
+            f"PostgreSQL: {path} p99 <= 100 ms (1 M tasks, 64 workers)",
+            x,
+            x is not None and x <= 100,
+            f"{x:.1f} ms, {n:.0f} SQL statements"
+            + (f" ({x / base:.2f}x SQLite's {base:.1f} ms in this run)" if base else "")
+            if x is not None
+            else "",
         )
     return out
 
@@ -223,9 +286,10 @@ def render(r: dict[str, Any]) -> str:
         f"{r['machine']['sqlalchemy']}, {r['machine']['filesystem']}; {r['total_s']:.0f} s",
         "",
     ]
-    hw = r["heartbeat_write"]
-    lines.append("heartbeat write (category changes)   median us   p99 us")
-    for name in ("sqlmon", "sqlite3_raw", "manager_dict", "redis"):
+    hw = r.get("heartbeat_write")
+    if hw:
+        lines.append("heartbeat write (category changes)   median us   p99 us")
+    for name in ("sqlmon", "sqlite3_raw", "manager_dict", "redis") if hw else ():
         v = hw.get(name)
         lines.append(
             f"  {name:<35}"
@@ -235,17 +299,20 @@ def render(r: dict[str, Any]) -> str:
                 else "   not measured (no redis-server on PATH)"
             )
         )
-    lines.append(f"coalesced beat: {r['coalesced_beat']['median_us']:.3f} us")
-    t = r["tails"]
-    lines.append(
-        f"tails, {t['workers']} workers, {t['beats_per_s']:.0f} beats/s: p50 {t['p50_us']:.0f} us,"
-        f" p99 {t['p99_us']:.0f} us, p99.9 {t['p999_us']:.0f} us, max {t['max_us']:.0f} us"
-        f" (scheduler running; after its SIGKILL p99.9 {t['dead_p999_us'] or 0:.0f} us);"
-        f" missed {t['missed']}, exceptions {t['exceptions']}; WAL peak"
-        f" {t['wal_peak_alive_mb']:.1f} MB alive, {t['wal_peak_dead_mb']:.1f} MB dead"
-    )
-    c = r["scheduler_cycle"]
-    for label in ("small", "large"):
+    if "coalesced_beat" in r:
+        lines.append(f"coalesced beat: {r['coalesced_beat']['median_us']:.3f} us")
+    t = r.get("tails")
+    if t:
+        lines.append(
+            f"tails, {t['workers']} workers, {t['beats_per_s']:.0f} beats/s:"
+            f" p50 {t['p50_us']:.0f} us,"
+            f" p99 {t['p99_us']:.0f} us, p99.9 {t['p999_us']:.0f} us, max {t['max_us']:.0f} us"
+            f" (scheduler running; after its SIGKILL p99.9 {t['dead_p999_us'] or 0:.0f} us);"
+            f" missed {t['missed']}, exceptions {t['exceptions']}; WAL peak"
+            f" {t['wal_peak_alive_mb']:.1f} MB alive, {t['wal_peak_dead_mb']:.1f} MB dead"
+        )
+    c = r.get("scheduler_cycle")
+    for label in ("small", "large") if c else ():
         v = c[label]
         lines.append(
             f"scheduler cycle, {v['rows']:>9,} tasks ({c['pending']:,} pending), {c['workers']} "
@@ -256,12 +323,14 @@ def render(r: dict[str, Any]) -> str:
                 else "not measured"
             )
         )
-    s = r["startup"]
-    lines.append(
-        f"start-up: import sqlalchemy {s['sqlalchemy_import_ms']:.0f} ms"
-        f" ({s['sqlalchemy_rss_mb']:.0f} MB); import sqlmon {s['sqlmon_import_ms']:.0f} ms,"
-        f" + Heartbeat {s['sqlmon_import_and_heartbeat_ms']:.0f} ms ({s['sqlmon_rss_mb']:.0f} MB)"
-    )
+    s = r.get("startup", {})
+    if s:
+        lines.append(
+            f"start-up: import sqlalchemy {s['sqlalchemy_import_ms']:.0f} ms"
+            f" ({s['sqlalchemy_rss_mb']:.0f} MB); import sqlmon {s['sqlmon_import_ms']:.0f} ms,"
+            f" + Heartbeat {s['sqlmon_import_and_heartbeat_ms']:.0f} ms"
+            f" ({s['sqlmon_rss_mb']:.0f} MB)"
+        )
     for kind, c in s.get("commands", {}).items():
         lines.append(
             f"commands ({kind}): python -c 'import sqlalchemy' {c['sqlalchemy_ms']:.0f} ms; "
@@ -270,22 +339,24 @@ def render(r: dict[str, Any]) -> str:
                 for k in ("status", "check", "runs", "history", "help")
             )
         )
-    p = r["post_run"]
-    lines.append(
-        f"post-run, {p['hours']} h ({p['snapshots']:,} snapshots, {p['events']:,} events): report "
-        + (
-            f"{p['report_s']:.2f} s"
-            if p["report_s"] is not None
-            else f"failed: {p['report_error']}"
+    p = r.get("post_run")
+    if p:
+        lines.append(
+            f"post-run, {p['hours']} h ({p['snapshots']:,} snapshots, {p['events']:,} events):"
+            " report "
+            + (
+                f"{p['report_s']:.2f} s"
+                if p["report_s"] is not None
+                else f"failed: {p['report_error']}"
+            )
+            + ", status "
+            + (
+                f"{p['status_s']:.2f} s"
+                if p["status_s"] is not None
+                else f"failed: {p['status_error']}"
+            )
+            + f"; history {p['history_mb_per_hour']:.2f} MB/hour"
         )
-        + ", status "
-        + (
-            f"{p['status_s']:.2f} s"
-            if p["status_s"] is not None
-            else f"failed: {p['status_error']}"
-        )
-        + f"; history {p['history_mb_per_hour']:.2f} MB/hour"
-    )
     lv = r.get("live_view")
     if lv:
         for name, path in (("metrics", "/metrics"), ("status", "/api/v1/status")):
@@ -296,6 +367,14 @@ def render(r: dict[str, Any]) -> str:
                 f"{v['median_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms, max {v['max_ms']:.1f} ms, "
                 f"{v['statements_per_request']:.0f} statements, {v['bytes']:,} bytes"
             )
+    from . import pgfleet, pglive, postgres
+
+    if "postgresql" in r:
+        lines.append(postgres.render(r["postgresql"]).strip("\n"))
+    if "postgresql_fleet" in r:
+        lines.append(pgfleet.render(r["postgresql_fleet"]))
+    if "postgresql_live_view" in r:
+        lines.append(pglive.render(r["postgresql_live_view"], r.get("live_view")))
     lines += ["", "targets:"]
     for t in r["targets"]:
         mark = {True: "met    ", False: "MISSED ", None: "n/a    "}[t["met"]]
