@@ -18,6 +18,9 @@ UNWRITTEN_EVENTS = 100_000  # worker events kept for the next write while writes
 # Worker heartbeat
 MIN_INTERVAL = 0.5  # s: a repeated beat with the same category inside this writes nothing
 WORKER_BUSY_TIMEOUT = 0.1  # s a beat waits for the write lock before it is dropped
+# s between a PostgreSQL heartbeat's tries of a lock someone holds: each try waits the whole
+# lock_timeout, so the writes between are dropped without one
+PG_CONTENDED_TRY_EVERY = 1.0
 CLOSE_BUSY_TIMEOUT = 2.0  # s Heartbeat.close() waits for it: what it drops is lost for good
 MISSED_LOG_EVERY = 60.0  # s between log lines about dropped beats (and skipped cycle writes)
 # s between looks at whether the database file was deleted or replaced; the writes made since

@@ -478,7 +478,15 @@ class Prepared:
     def many(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         sql = self._compiled(conn)
         with _driver_cursor(conn, sql) as cur:
-            cur.executemany(sql, rows)  # psycopg sends them all before reading any answer
+            if conn.dialect.name == "sqlite":
+                cur.executemany(sql, rows)
+                return
+            # Not psycopg's executemany: it pipelines the rows, and a scheduler stopped
+            # mid-pipeline (SIGSTOP, a frozen VM) leaves its session "active", never "idle in
+            # transaction", so the server never ends it and the idle row stays locked to every
+            # standby. One statement at a time, each with its own Sync.
+            for row in rows:
+                cur.execute(sql, row)
 
 
 def shrink_wal(conn: Connection, passes: int = 1) -> str | None:

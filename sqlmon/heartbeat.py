@@ -161,6 +161,7 @@ class Heartbeat:
             sqlite3.Error,
         )
         self._busy_wait = 0.0  # s a write may wait for the lock, in the heartbeat's own steps
+        self._tried = -float("inf")  # PostgreSQL: when a write last met the lock
 
     # Processes receive plain data: a spawned child gets the settings, never the connection.
     def __getstate__(self) -> dict[str, Any]:
@@ -357,6 +358,18 @@ class Heartbeat:
         if self.displaced is not None:
             self._drop(now)
             return
+        if (
+            self._contended
+            and not exited
+            and self._beat_sql is not None
+            and now - self._tried < config.PG_CONTENDED_TRY_EVERY
+        ):
+            # PostgreSQL: someone holds the lock for long, and every try waits the server's
+            # whole lock_timeout: until a write gets through, one try a second, the rest dropped.
+            self.missed += 1
+            self._last_write = -float("inf")
+            return
+        self._tried = now
         try:
             if self._cursor is None:
                 self._open()
