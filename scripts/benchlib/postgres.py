@@ -28,17 +28,22 @@ from .stats import median, quantile, ratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+# What a beat says: its category, the server's clock, its connection and its clock's skew.
 RAW_BEAT = (
     "UPDATE worker_status SET category = %s, category_since = %s,"
-    " last_heartbeat = CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION),"
-    " exited_at = NULL, missed = 0, lost = 0, beats = beats + 1"
+    f" last_heartbeat = {NOW},"
+    " exited_at = NULL, missed = 0, lost = 0, beats = beats + 1,"
+    f" backend = %s, clock_skew = %s - {NOW}"
     " WHERE worker_id = %s AND pid = %s AND started_at = %s"
 )
+# ... with the stretch it closed, inserted while the row is the process's own.
 RAW_TRANSITION = (
     "WITH closed AS (INSERT INTO worker_stretches"
     " (worker_id, pid, category, started, ended, outcome, error)"
-    " VALUES (%s, %s, %s, %s, %s, 'ok', NULL) ON CONFLICT (worker_id, started) DO NOTHING) "
-    + RAW_BEAT
+    " SELECT %s, %s, %s, %s, %s, 'ok', NULL WHERE EXISTS (SELECT 1 FROM worker_status"
+    " WHERE worker_id = %s AND pid = %s AND started_at = %s)"
+    " ON CONFLICT (worker_id, started) DO NOTHING) " + RAW_BEAT
 )
 
 
@@ -97,16 +102,18 @@ def _measure(server: Any, url: str, sizes: Sizes) -> dict[str, Any]:
     at = [1000.0]
 
     def raw_beat(_i: int) -> None:
-        raw.execute(RAW_BEAT, ("A", 0.0, "raw", pid, started))
+        raw.execute(RAW_BEAT, ("A", 0.0, "1@0.0", time.time(), "raw", pid, started))
 
     def sync_beat(_i: int) -> None:
-        sync.execute(RAW_BEAT, ("A", 0.0, "sync", pid, started))
+        sync.execute(RAW_BEAT, ("A", 0.0, "1@0.0", time.time(), "sync", pid, started))
 
     def raw_transition(i: int) -> None:
         at[0] += 1.0
+        own = ("raw", pid, started)
         raw.execute(
             RAW_TRANSITION,
-            ("raw", pid, "AB"[i % 2], at[0] - 1.0, at[0], "BA"[i % 2], at[0], "raw", pid, started),
+            ("raw", pid, "AB"[i % 2], at[0] - 1.0, at[0], *own)
+            + ("BA"[i % 2], at[0], "1@0.0", time.time(), *own),
         )
 
     def sqlmon_beat(_i: int) -> None:
