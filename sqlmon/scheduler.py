@@ -412,7 +412,12 @@ class Scheduler(multiprocessing.Process):
                 self._last_skip_log = mono
                 log.warning("scheduler skipped writing cycle %d: %s", cycle.cycle, describe(exc))
         self._walkeeper.after_commit(shrinking)
-        if self.settings["hud_every"] and mono - self._last_hud >= self.settings["hud_every"]:
+        if (
+            self.settings["hud_every"]
+            and mono - self._last_hud >= self.settings["hud_every"]
+            # Not built for a logger that drops it: at a thousand workers, half a millisecond.
+            and hud.log.isEnabledFor(logging.INFO)
+        ):
             self._last_hud = mono  # hud_every 0: no HUD; the detail only when the shape changed
             self._hud_seen = hud.emit(cycle, getattr(self, "_hud_seen", None))
         return cycle

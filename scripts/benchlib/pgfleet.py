@@ -414,7 +414,9 @@ def render(r: dict[str, Any]) -> str:
             f"  beats: {b['written']:,} written of {b['attempted']:,} attempted (missed"
             f" {b['missed']}, sqlmon counted {b['sqlmon_missed']}); latency p50"
             f" {b['p50_us']:.0f} us, p99 {b['p99_us']:.0f} us, max {b['max_us']:.0f} us; p99"
-            f" behind schedule {b['behind_schedule_p99_ms']:.1f} ms",
+            f" behind schedule {b['behind_schedule_p99_ms']:.1f} ms; stretches recorded"
+            f" {r['stretches_recorded']:,} of {b['transitions'] + r['workers']:,} closed"
+            " (a change of category or a close closes one)",
             f"  judged: up to {r['judged_alive_max']} busy or idle, up to"
             f" {r['judged_stale_or_dead_max']} stale or dead; writes skipped"
             f" {r['writes_skipped']}, late cycles {r['late_cycles']}; start-up"
