@@ -113,25 +113,25 @@ def claim(conn: sa.Connection, worker_id: str, pool: str) -> tuple[int, str, str
 def complete(conn: sa.Connection, task_id: int, category: str, payload: str) -> None:
     """Mark a task done and enqueue its successor, in one transaction: never a gap to see."""
     now = time.time()
+    successor = NEXT.get(category)
+    video = payload.split("/")[0]
+    frames = tasks.c.payload.like(f"{video}/%")
     with dbmod.write(conn):
+        if successor == "SUMMARY":
+            # Two frames of a video finishing at once on PostgreSQL: each takes the video's
+            # rows first, in id order (so neither holds one the other waits for), and the later
+            # one then counts the earlier one done. One summary, never none. SQLite's write
+            # lock already runs them one at a time.
+            conn.execute(sa.select(tasks.c.id).where(frames).order_by(tasks.c.id).with_for_update())
         conn.execute(
             sa.update(tasks).where(tasks.c.id == task_id).values(status="done", finished_at=now)
         )
-        successor = NEXT.get(category)
         if successor == "SUMMARY":
             # One summary per video, once its last frame is smoothed.
-            video = payload.split("/")[0]
-            # Two frames of a video finishing at once on PostgreSQL: each waits for the other
-            # here, so the later one counts the earlier one done. One summary, never none.
-            conn.execute(
-                sa.select(tasks.c.id).where(tasks.c.payload.like(f"{video}/%")).with_for_update()
-            ).all()
             active = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(tasks)
-                .where(
-                    tasks.c.status.in_(("pending", "running")), tasks.c.payload.like(f"{video}/%")
-                )
+                .where(tasks.c.status.in_(("pending", "running")), frames)
             ).scalar_one()
             if active:
                 return
