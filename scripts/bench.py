@@ -134,7 +134,7 @@ def run(sizes: Sizes, workdir: str, only: frozenset[str] = frozenset()) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of about a minute")
+    parser.add_argument("--quick", action="store_true", help="a run of a few minutes")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: shows it works (tests)")
     parser.add_argument("--json", default="bench-results.json", help="where to write the figures")
     parser.add_argument("--dir", default=None, help="parent directory of the temporary databases")

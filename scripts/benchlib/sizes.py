@@ -1,4 +1,4 @@
-"""How big each section runs: full (the recorded run), quick (about a minute), tiny (the test)."""
+"""How big each section runs: full (the recorded run), quick (a few minutes), tiny (the test)."""
 
 from __future__ import annotations
 
