@@ -508,35 +508,19 @@ class Heartbeat:
             raise
 
     def _store_postgresql(self, values: tuple[Any, ...], stretches: list[tuple[Any, ...]]) -> None:
-        """One statement: the UPDATE of this incarnation's row, with the closed `stretches`
-        inserted in the same statement; the upsert after it when the row is not there."""
+        """One statement: the registration upsert at the process's first write, else the
+        UPDATE of this incarnation's row; either with the closed `stretches` inserted in the
+        same statement."""
         cursor = self._cursor
-        text, since, wall, exited_at, missed, lost = values
+        text, since, _wall, exited_at, missed, lost = values
         host_clock = self.clock()  # for the skew the server works out: shown, never judged
         columns = list(zip(*stretches, strict=True)) if stretches else [()] * len(_STRETCH)
         arrays = [list(c) for c in columns[2:]]  # category .. error
         if not self._registered:
             # Its first write: the row whole (an earlier incarnation's is taken over), with
             # the stretches closed before it.
-            cursor.execute(
-                self._sql,
-                (
-                    self.worker_id,
-                    self._pid,
-                    *arrays,
-                    *self._row,
-                    text,
-                    since,
-                    wall,
-                    self._started_at,
-                    exited_at,
-                    missed,
-                    lost,
-                    self.boot_id,
-                    self._backend,
-                    host_clock,
-                ),
-            )
+            registration = (*self._registration(values), self._backend, host_clock)
+            cursor.execute(self._sql, (self.worker_id, self._pid, *arrays, *registration))
             return
         update = (text, since, exited_at, missed, lost, self._backend, host_clock, *self._key)
         if not stretches and exited_at is None:
@@ -560,20 +544,21 @@ class Heartbeat:
                 raise self._displaced(cursor)
             return
         # Its first write: the row whole; an earlier incarnation's row is taken over.
+        cursor.execute(self._sql, self._registration(values))
+
+    def _registration(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The whole row, in _COLUMNS' order, from a write's values."""
         text, since, wall, exited_at, missed, lost = values
-        cursor.execute(
-            self._sql,
-            (
-                *self._row,
-                text,
-                since,
-                wall,
-                self._started_at,
-                exited_at,
-                missed,
-                lost,
-                self.boot_id,
-            ),
+        return (
+            *self._row,
+            text,
+            since,
+            wall,
+            self._started_at,
+            exited_at,
+            missed,
+            lost,
+            self.boot_id,
         )
 
     def _rollback(self) -> None:
