@@ -22,7 +22,7 @@ from . import config, flags, hud, identity, liveness, store, stretches
 from . import db as dbmod
 from .backlog import TaskTable
 from .errors import ConfigError, DatabaseError, LeaseLost, SchedulerRunning, SqlmonError
-from .judge import Close, Cycle, Event, Judge, Judged, Observation
+from .judge import Close, Cycle, Event, Judge, Judged, Observation, WorkerRow
 from .migrate import check_database, describe
 from .pacing import pace
 from .walkeeper import WalKeeper
@@ -281,6 +281,7 @@ class Scheduler(multiprocessing.Process):
                 f" (and {before} earlier run{'s' * (before != 1)} never ended)" if before else "",
             )
         self.writes_skipped = 0
+        self._last_beats: dict[str, int] = {}  # worker -> beats at the last read
         # Of cycles whose write failed, oldest first: written with the next write.
         self._unwritten: list[Event] = []
         self._unwritten_judged: list[Judged] = []
@@ -312,12 +313,11 @@ class Scheduler(multiprocessing.Process):
                     now = dbmod.clock(self._conn)
                     self._clock_read = time.perf_counter()
                 workers = store.read_workers(self._conn)
-                # The server's connections, to show a remote worker's closed connection.
-                backends = (
-                    store.read_backends(self._conn)
-                    if any(w.backend is not None for w in workers)
-                    else None
-                )
+                # The server's connections, to show a remote worker's closed connection: only
+                # those of workers whose beats stood still since the last read (the only ones
+                # the judge asks about), so that a thousand beating workers cost nothing.
+                suspects = self._suspects(workers)
+                backends = store.read_backends(self._conn, suspects) if suspects else None
                 upto = self._horizon.upto(self._conn, mono)
                 new = store.new_stretches(self._conn, self._folded, upto)
                 if self._task_conn is None:
@@ -339,6 +339,16 @@ class Scheduler(multiprocessing.Process):
             stretches=new,
             backends=backends,
         )
+
+    def _suspects(self, workers: list[WorkerRow]) -> list[int]:
+        """Server pids of the workers with a connection whose beats did not move since the
+        last read (or that it had not seen)."""
+        last, self._last_beats = self._last_beats, {w.worker_id: w.beats for w in workers}
+        return [
+            int(w.backend.partition("@")[0])
+            for w in workers
+            if w.backend is not None and last.get(w.worker_id, w.beats) == w.beats
+        ]
 
     def step(self, now: float | None = None, mono: float | None = None) -> Cycle:
         """One cycle: read, judge, write, log. `now` (unix s) and `mono` (s) default to clocks."""

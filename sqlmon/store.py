@@ -53,15 +53,17 @@ def read_workers(conn: Connection) -> list[WorkerRow]:
     return list(map(WorkerRow._make, _WORKERS.rows(conn)))
 
 
-_POSTMASTER = "SELECT extract(epoch FROM pg_postmaster_start_time())::float8"
-_CONNECTIONS = "SELECT pid FROM pg_stat_activity"
+_CONNECTIONS = (
+    "SELECT extract(epoch FROM pg_postmaster_start_time())::float8, "
+    "array(SELECT pid FROM pg_stat_activity WHERE pid = ANY(%(pids)s))"
+)
 
 
-def read_backends(conn: Connection) -> Backends:
-    """PostgreSQL's connections now, and the server's start as workers write it."""
-    (postmaster,) = conn.exec_driver_sql(_POSTMASTER).one()
-    pids = frozenset(pid for (pid,) in conn.exec_driver_sql(_CONNECTIONS))
-    return Backends(repr(postmaster), pids)
+def read_backends(conn: Connection, pids: list[int]) -> Backends:
+    """Which of the server pids `pids` are connected now, and the server's start as workers
+    write it: one round trip."""
+    postmaster, alive = conn.exec_driver_sql(_CONNECTIONS, {"pids": pids}).one()
+    return Backends(repr(postmaster), frozenset(alive))
 
 
 def new_stretches(conn: Connection, after: int, upto: int = NO_BOUND) -> list[stretches.Stretch]:
