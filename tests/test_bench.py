@@ -23,6 +23,9 @@ SECTIONS = (
     "post_run",
     "record",
     "live_view",
+    "postgresql",
+    "postgresql_fleet",
+    "postgresql_live_view",
 )
 
 
