@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -95,15 +96,23 @@ class TaskTable:
         )
         return str(sql)
 
+    def query(self, conn: sa.Connection) -> Prepared:
+        """The statement, compiled once for the connection's dialect."""
+        if self._prepared is None:
+            object.__setattr__(self, "_prepared", Prepared(self.statement(conn.dialect)))
+        assert self._prepared is not None
+        return self._prepared
+
     def read(self, conn: sa.Connection) -> tuple[Counts, int | None]:
         """(counts per (pool, category), high-water mark) from one statement."""
+        return self.counts(self.query(conn).rows(conn))
+
+    def counts(self, rows: Iterable[tuple[Any, ...]]) -> tuple[Counts, int | None]:
+        """(counts per (pool, category), high-water mark) from the statement's rows."""
         counts: Counts = {}
         high: int | None = None
         pending = frozenset(self.pending)
-        if self._prepared is None:  # compiled once, for the connection's dialect
-            object.__setattr__(self, "_prepared", Prepared(self.statement(conn.dialect)))
-        assert self._prepared is not None
-        for kind, pool, category, status, n, mark in self._prepared.rows(conn):
+        for kind, pool, category, status, n, mark in rows:
             if kind == "m":
                 high = mark
                 continue

@@ -14,6 +14,7 @@ SCHEDULER_BUSY_TIMEOUT = 0.25  # s the scheduler waits for the write lock before
 WAL_RESTART_BYTES = 4 * 1024 * 1024  # past this, the scheduler starts the WAL over (db.shrink_wal)
 WAL_WARN_BYTES = 64 * 1024 * 1024  # the scheduler warns once when the WAL grows past this
 UNWRITTEN_EVENTS = 100_000  # worker events kept for the next write while writes fail
+MANY_ROWS = 1000  # rows a multi-row INSERT carries on PostgreSQL (its limit: 65,535 values)
 
 # Worker heartbeat
 MIN_INTERVAL = 0.5  # s: a repeated beat with the same category inside this writes nothing

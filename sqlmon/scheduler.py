@@ -281,7 +281,8 @@ class Scheduler(multiprocessing.Process):
                 f" (and {before} earlier run{'s' * (before != 1)} never ended)" if before else "",
             )
         self.writes_skipped = 0
-        self._last_beats: dict[str, int] = {}  # worker -> beats at the last read
+        # Worker -> (beats at the last read, reads in a row that found them unchanged).
+        self._still: dict[str, tuple[int, int]] = {}
         # Of cycles whose write failed, oldest first: written with the next write.
         self._unwritten: list[Event] = []
         self._unwritten_judged: list[Judged] = []
@@ -307,21 +308,28 @@ class Scheduler(multiprocessing.Process):
         mono = time.monotonic() if mono is None else mono
         try:
             with dbmod.read(self._conn):
+                upto = self._horizon.upto(mono)
+                got = store.read_cycle(
+                    self._conn,
+                    clock=now is None,
+                    after=self._folded,
+                    upto=upto,
+                    last_stretch=self._horizon.watching,
+                    backlog=self.backlog.query(self._conn) if self._task_conn is None else None,
+                )
                 if now is None:
-                    # Its first statement: no transaction of its own (two round trips fewer on
-                    # PostgreSQL), and on PostgreSQL the snapshot is taken at that instant.
-                    now = dbmod.clock(self._conn)
-                    self._clock_read = time.perf_counter()
-                workers = store.read_workers(self._conn)
+                    assert got.now is not None  # asked for
+                    # Taken once the answer is in: the cycle's `now` is then never ahead.
+                    now, self._clock_read = got.now, time.perf_counter()
+                if got.last_stretch is not None:
+                    self._horizon.saw(mono, got.last_stretch)
+                workers = got.workers
                 # The server's connections, to show a remote worker's closed connection: only
-                # those of workers whose beats stood still since the last read (the only ones
-                # the judge asks about), so that a thousand beating workers cost nothing.
+                # those of workers whose beats stand still.
                 suspects = self._suspects(workers)
                 backends = store.read_backends(self._conn, suspects) if suspects else None
-                upto = self._horizon.upto(self._conn, mono)
-                new = store.new_stretches(self._conn, self._folded, upto)
-                if self._task_conn is None:
-                    counts, high = self.backlog.read(self._conn)
+                if got.backlog is not None:
+                    counts, high = self.backlog.counts(got.backlog)
             if self._task_conn is not None:
                 with dbmod.read(self._task_conn):
                     counts, high = self.backlog.read(self._task_conn)
@@ -336,19 +344,24 @@ class Scheduler(multiprocessing.Process):
             workers=workers,
             backlog=counts,
             high_water=high,
-            stretches=new,
+            stretches=got.stretches,
             backends=backends,
         )
 
     def _suspects(self, workers: list[WorkerRow]) -> list[int]:
-        """Server pids of the workers with a connection whose beats did not move since the
-        last read (or that it had not seen)."""
-        last, self._last_beats = self._last_beats, {w.worker_id: w.beats for w in workers}
-        return [
-            int(w.backend.partition("@")[0])
-            for w in workers
-            if w.backend is not None and last.get(w.worker_id, w.beats) == w.beats
-        ]
+        """Server pids of the workers with a connection whose beats stood still over the last
+        two reads. A worker that beats at least as often as this scheduler reads never does, so
+        that a fleet beating away costs no look at the server's connections, which takes
+        milliseconds with a thousand of them (a single read without a beat is mere jitter)."""
+        last, self._still = self._still, {}
+        suspects = []
+        for w in workers:
+            beats, reads = last.get(w.worker_id, (w.beats, 0))
+            reads = reads + 1 if beats == w.beats else 0
+            self._still[w.worker_id] = (w.beats, reads)
+            if reads >= 2 and w.backend is not None:
+                suspects.append(int(w.backend.partition("@")[0]))
+        return suspects
 
     def step(self, now: float | None = None, mono: float | None = None) -> Cycle:
         """One cycle: read, judge, write, log. `now` (unix s) and `mono` (s) default to clocks."""

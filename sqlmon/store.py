@@ -10,7 +10,7 @@ import json
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from . import db as dbmod
 from . import identity, liveness, stretches
 from .db import Prepared
-from .dialects import greatest, insert, least
+from .dialects import db_now, greatest, insert, least
 from .errors import LeaseLost
 from .judge import Backends, Close, Cycle, Event, Judged, WorkerRow
 from .schema import (
@@ -49,13 +49,54 @@ _NEW_STRETCHES = Prepared(
 _LAST_STRETCH = Prepared(sa.select(sa.func.coalesce(sa.func.max(_ws.id), sa.literal_column("0"))))
 
 
-def read_workers(conn: Connection) -> list[WorkerRow]:
-    return list(map(WorkerRow._make, _WORKERS.rows(conn)))
+_CLOCK = Prepared(sa.select(db_now()))
 
 
+class Read(NamedTuple):
+    """What one scheduler cycle reads, from one snapshot."""
+
+    now: float | None  # the database's clock, when asked for
+    workers: list[WorkerRow]
+    stretches: list[stretches.Stretch]  # recorded after `after`, up to `upto`
+    last_stretch: int | None  # the highest stretch id visible, when asked for
+    backlog: list[tuple[Any, ...]] | None  # the task table's rows, when asked for
+
+
+def read_cycle(
+    conn: Connection,
+    *,
+    clock: bool,
+    after: int,
+    upto: int,
+    last_stretch: bool,
+    backlog: Prepared | None,
+) -> Read:
+    """Inside db.read(): what a cycle reads, in one round trip on PostgreSQL. The clock comes
+    first: on PostgreSQL the snapshot is taken with it."""
+    here = clock and conn.dialect.name == "sqlite"  # SQLite's clock is this host's: no statement
+    now = dbmod.clock(conn) if here else None
+    asked: list[tuple[Prepared, tuple[Any, ...]] | None] = [
+        (_CLOCK, ()) if clock and not here else None,
+        (_WORKERS, ()),
+        (_NEW_STRETCHES, (after, upto)),  # plain tuples, in Stretch's order: fold unpacks them
+        (_LAST_STRETCH, ()) if last_stretch else None,
+        (backlog, ()) if backlog is not None else None,
+    ]
+    got = iter(dbmod.together(conn, [a for a in asked if a is not None]))
+    return Read(
+        float(next(got)[0][0]) if clock and not here else now,
+        list(map(WorkerRow._make, next(got))),
+        next(got),  # type: ignore[arg-type]
+        int(next(got)[0][0]) if last_stretch else None,
+        next(got) if backlog is not None else None,
+    )
+
+
+# pg_stat_get_activity(pid) builds a row for that backend alone; pg_stat_activity builds one
+# for every connection first (a thousand workers, a thousand connections), then filters.
 _CONNECTIONS = (
-    "SELECT extract(epoch FROM pg_postmaster_start_time())::float8, "
-    "array(SELECT pid FROM pg_stat_activity WHERE pid = ANY(%(pids)s))"
+    "SELECT extract(epoch FROM pg_postmaster_start_time())::float8, array(SELECT a.pid"
+    " FROM unnest(%(pids)s::integer[]) AS p(pid), LATERAL pg_stat_get_activity(p.pid) AS a)"
 )
 
 
@@ -63,14 +104,7 @@ def read_backends(conn: Connection, pids: list[int]) -> Backends:
     """Which of the server pids `pids` are connected now, and the server's start as workers
     write it: one round trip."""
     postmaster, alive = conn.exec_driver_sql(_CONNECTIONS, {"pids": pids}).one()
-    return Backends(repr(postmaster), frozenset(alive))
-
-
-def new_stretches(conn: Connection, after: int, upto: int = NO_BOUND) -> list[stretches.Stretch]:
-    """The stretches recorded since id `after` up to id `upto`, oldest first, at most
-    FOLD_BATCH of them."""
-    # Plain tuples in Stretch's order: a cycle may read thousands, and fold unpacks them.
-    return _NEW_STRETCHES.rows(conn, (after, upto))  # type: ignore[return-value]
+    return Backends(repr(postmaster), frozenset(alive), frozenset(pids))
 
 
 class FoldHorizon:
@@ -90,14 +124,22 @@ class FoldHorizon:
         self._seen: deque[tuple[float, int]] = deque()  # (monotonic s, highest id visible)
         self._upto = 0
 
-    def upto(self, conn: Connection, mono: float) -> int:
-        """Inside the read transaction: the id the fold may go up to."""
+    @property
+    def watching(self) -> bool:
+        """Whether it needs the highest stretch id visible at each cycle (`saw`)."""
+        return self.settle > 0
+
+    def upto(self, mono: float) -> int:
+        """The id the fold may go up to at `mono`."""
         if self.settle <= 0:
             return NO_BOUND
-        self._seen.append((mono, int(_LAST_STRETCH.rows(conn)[0][0])))
         while self._seen and mono - self._seen[0][0] >= self.settle:
             self._upto = max(self._upto, self._seen.popleft()[1])
         return self._upto
+
+    def saw(self, mono: float, last_stretch: int) -> None:
+        """The highest stretch id visible at `mono`."""
+        self._seen.append((mono, last_stretch))
 
 
 def windows(conn: Connection, limit: int = 20) -> list[stretches.Window]:
@@ -254,8 +296,7 @@ def record(
         _ADD_TOTALS.many(conn, [(*k, *t) for k, t in folded[1].items()])
     if closes:
         _CLOSE.many(conn, [(*c, str(Outcome.DEAD)) for c in closes])
-    if judged:
-        _JUDGE.many(conn, [(*j, run_id) for j in judged])
+    _judge(conn, run_id, judged)
     states = Counter(w.state for w in cycle.workers)
     snapshot_id = _INSERT_SNAPSHOT.insert(
         conn,
@@ -295,10 +336,17 @@ def add_pending(
 ) -> None:
     """What cycles whose write was skipped left to write, at the run's end."""
     add_events(conn, run_id, events)
-    if judged:
-        _JUDGE.many(conn, [(*j, run_id) for j in judged])
+    _judge(conn, run_id, judged)
     if closes:
         _CLOSE.many(conn, [(*c, str(Outcome.DEAD)) for c in closes])
+
+
+def _judge(conn: Connection, run_id: int, judged: Sequence[Judged]) -> None:
+    """Each worker's latest judgement, once: a worker judged twice (joined and exited in one
+    cycle, or over cycles whose write was skipped) keeps the later."""
+    if judged:
+        latest = {j.worker_id: j for j in judged}
+        _JUDGE.many(conn, [(*j, run_id) for j in latest.values()])
 
 
 def folded_id(conn: Connection) -> int:

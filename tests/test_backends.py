@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -138,6 +139,47 @@ def test_a_pruned_row_is_not_resurrected(any_db: str) -> None:
     assert sql(any_db, "SELECT category FROM worker_stretches ORDER BY started") == [("A",)]
     # A process that starts under the id afterwards registers as usual.
     assert _take_over(any_db, "w") == sql(any_db, "SELECT pid FROM worker_status")[0][0]
+
+
+def test_a_cycle_that_writes_more_rows_than_one_statement_carries_records_each_once(
+    any_db: str,
+) -> None:
+    """1,100 workers the scheduler meets at once, one of them already exited, and a stretch
+    each to fold: more events, judgements and totals than a statement carries (1,000 rows)."""
+    n, t0 = 1100, time.time()
+    workers = [(f"fleet-{i:04d}", 10 + i, t0 - 5.0, t0 - 5.0, t0) for i in range(n)]
+    execute(
+        any_db,
+        "INSERT INTO worker_status (worker_id, pid, host, pool, started_at, category_since,"
+        " last_heartbeat) VALUES (?, ?, 'elsewhere', 'gpu', ?, ?, ?)",
+        workers,
+    )
+    execute(
+        any_db, "UPDATE worker_status SET exited_at = ? WHERE worker_id = ?", (t0, "fleet-0000")
+    )
+    spans = [
+        (w, pid, t0 - 4.0, t0 - 4.0 + 0.25 * (i % 7)) for i, (w, pid, *_) in enumerate(workers)
+    ]
+    execute(
+        any_db,
+        "INSERT INTO worker_stretches (worker_id, pid, category, started, ended, outcome)"
+        " VALUES (?, ?, 'OCR', ?, ?, 'ok')",
+        spans,
+    )
+    sched = Scheduler(any_db, hud_every=1e9)
+    sched.open(now=t0 - 10.0)
+    sched.step(now=t0, mono=1000.0)
+    sched.step(now=t0 + 1.0, mono=1031.0)  # past the fold's settling time on PostgreSQL
+    sched.close("terminate", now=t0 + 2.0)
+    events = (
+        "SELECT event, count(*) FROM worker_events WHERE worker_id LIKE 'fleet-%' GROUP BY event"
+    )
+    assert dict(sql(any_db, events)) == {"joined": n, "exited": 1}
+    states = "SELECT state, count(*) FROM worker_states GROUP BY state"
+    assert dict(sql(any_db, states)) == {"alive": n - 1, "exited": 1}  # the later judgement
+    totals = sql(any_db, "SELECT count(*), sum(n), sum(seconds) FROM stretch_totals")
+    assert totals[0][:2] == (n, n)
+    assert totals[0][2] == pytest.approx(sum(b - a for _w, _p, a, b in spans), abs=1e-6)
 
 
 @pytest.mark.parametrize("any_db", [*BACKENDS, PGBOUNCER], indirect=True)

@@ -7,7 +7,7 @@ import os
 import socket
 
 from sqlmon import identity
-from sqlmon.judge import Judge, Observation, WorkerRow
+from sqlmon.judge import Backends, Judge, Observation, WorkerRow
 
 HOST = socket.gethostname()
 PID = os.getpid()
@@ -260,3 +260,26 @@ def test_this_hosts_name_with_another_boot_is_checked_by_its_boot() -> None:
         ("old", "dead", "boot_id_changed"),
         ("twin", "alive", None),
     ]
+
+
+def test_a_connection_counts_as_gone_only_in_cycles_that_looked_for_it() -> None:
+    m = monitor()
+    far = row("r", beats=1)._replace(host="far-away", backend="4242@7.5")
+
+    def look(t: float, asked: frozenset[int]):
+        seen = Backends("7.5", frozenset(), asked)  # 4242 missing wherever it was looked for
+        return m.judge(
+            Observation(read_started=t, workers=[far], backlog={}, high_water=5, backends=seen),
+            t,
+            t - 1000.0,
+        )
+
+    look(1000.0, frozenset())
+    # Beats standing still, the connection missing from two looks that did not include it:
+    # no evidence, the worker lives on.
+    assert events(look(1001.0, frozenset({17}))) == []
+    assert events(look(1002.0, frozenset({17}))) == []
+    # Looked for, and missing twice: dead.
+    assert events(look(1003.0, frozenset({4242}))) == []
+    c = look(1004.0, frozenset({4242}))
+    assert [(j.state, j.evidence) for j in c.judged] == [("dead", "backend_gone")]
