@@ -467,11 +467,7 @@ class Prepared:
         sql = self._compiled(conn)
         with _driver_cursor(conn, sql) as cur:
             # Values always, even none: psycopg reads %% as % only when given some.
-            if conn.dialect.name == "sqlite":
-                return cur.execute(sql, tuple(values)).fetchall()  # type: ignore[no-any-return]
-            # Results in binary: numbers arrive as they are, not as text to parse, which is
-            # a tenth of the read at a thousand workers.
-            return cur.execute(sql, tuple(values), binary=True).fetchall()  # type: ignore[no-any-return]
+            return cur.execute(sql, tuple(values)).fetchall()  # type: ignore[no-any-return]
 
     def insert(self, conn: Connection, values: Sequence[Any]) -> int:
         """Run an INSERT of one row; return its primary key (SQLite's rowid; elsewhere the
