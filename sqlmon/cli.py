@@ -211,6 +211,8 @@ def run(
     except KeyboardInterrupt:
         _interrupted()
     scheduler.run()
+    if scheduler.exit_code:
+        raise typer.Exit(scheduler.exit_code)
     # The scheduler ends its run on SIGINT by itself; the shell still hears of the interrupt.
     if getattr(scheduler, "_signalled", None) == "SIGINT":
         raise typer.Exit(130)

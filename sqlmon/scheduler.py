@@ -145,6 +145,7 @@ class Scheduler(multiprocessing.Process):
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         self._signalled: str | None = None
         self._waiting = False
+        self.exit_code = 0
 
         def on_signal(signum: int, _frame: object) -> None:
             self._signalled = signal.Signals(signum).name
@@ -170,6 +171,9 @@ class Scheduler(multiprocessing.Process):
         except SqlmonError as exc:
             reason = f"error: {exc}"
             log.error("scheduler stopped: %s", exc)
+            # Refused at the start (a role that may not write, say) is bad input; stopped
+            # later, a failure. What `sqlmon run` exits with.
+            self.exit_code = 1 if hasattr(self, "run_id") else 2
         finally:
             self.close(reason)
             for s, handler in previous.items():
@@ -234,9 +238,13 @@ class Scheduler(multiprocessing.Process):
                 # Another standby took the lease first, or the idle row is locked (by a
                 # scheduler paused inside its write: on PostgreSQL the row stays locked until
                 # the server ends that session), or the server is away: look again later.
-                if not self.standby:
-                    raise
                 why = describe(exc) if isinstance(exc, sa.exc.DatabaseError) else str(exc)
+                if not self.standby:
+                    self.close("refused")
+                    if isinstance(exc, LeaseLost):
+                        raise
+                    # A role without the right to write, say: one line, not a traceback.
+                    raise DatabaseError(f"{self.db}: cannot start a run: {why}") from exc
                 got = f"the lease cannot be taken now ({why})"
             dbmod.set_busy_timeout(self._conn, config.SCHEDULER_BUSY_TIMEOUT)
             if isinstance(got, tuple):

@@ -244,3 +244,23 @@ def test_a_held_row_lock_costs_a_beat_its_lock_timeout_and_the_exit_waits_it_out
         ("B",),
     ]
     assert sql(pg_db, "SELECT exited_at IS NOT NULL FROM worker_status") == [(True,)]
+
+
+def test_a_role_that_may_not_write_is_told_in_one_line(pg_db: str) -> None:
+    role = "viewer_" + pg_db.split("@/", 1)[1].split("?", 1)[0]  # roles are the cluster's
+    with _pg(pg_db) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+    user = pg_db.split("://", 1)[1].split("@", 1)[0]
+    viewer = pg_db.replace(f"://{user}@", f"://{role}@", 1)
+    before = sql(pg_db, "SELECT count(*) FROM runs")
+    done = subprocess.run(
+        [sys.executable, "-m", "sqlmon", "run", viewer, "--hud", "off"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "WAL-reset bug" not in line]
+    assert len(lines) == 1 and "permission denied for table runs" in lines[0], done.stderr
+    assert sql(pg_db, "SELECT count(*) FROM runs") == before
