@@ -171,6 +171,7 @@ class _Tracked:
     doubtful: bool = False  # first seen with a beat too old to believe without a second look
     unproven: str | None = None  # dead by silence alone, holding this category
     gone: int = 0  # cycles in a row its server connection was missing
+    still: int = 0  # cycles in a row that found its beats standing still
 
 
 class Judge:
@@ -217,6 +218,25 @@ class Judge:
     def seed(self, last_events: Iterable[tuple[str, str]]) -> None:
         """The last event of each worker in earlier runs, so that a restart repeats no exit."""
         self._last_events = dict(last_events)
+
+    def suspects(self, rows: Iterable[WorkerRow]) -> list[int]:
+        """The server pids of the workers, just read, whose beats stood still over this read
+        and the one before: the connections worth looking for before judging `rows`. A worker
+        that beats at least as often as the scheduler reads is never one, so that a fleet
+        beating away costs no look at the server's connections, which takes milliseconds with
+        a thousand of them (a single read without a beat is mere jitter)."""
+        out = []
+        for row in rows:
+            t = self._tracked.get(row.worker_id)
+            if (
+                row.backend is not None
+                and t is not None
+                and t.still
+                and row.beats == t.beats
+                and t.liveness in (Liveness.ALIVE, Liveness.STALE)
+            ):
+                out.append(int(row.backend.partition("@")[0]))
+        return out
 
     def judge(self, obs: Observation, now: float, mono: float) -> Cycle:
         self.cycle += 1
@@ -377,7 +397,7 @@ class Judge:
     def _moved(self, t: _Tracked, row: WorkerRow, mono: float) -> None:
         """What any worker whose beats moved tells: when they last moved, that its connection
         is there, and whether its host name is shared by two machines."""
-        t.beats, t.beats_mono, t.gone = row.beats, mono, 0
+        t.beats, t.beats_mono, t.gone, t.still = row.beats, mono, 0, 0
         newest = self._boots.get(row.host)
         if (
             row.boot_id is not None
@@ -406,6 +426,7 @@ class Judge:
         """Its beats stood still since the last cycle: dead if its process is gone, stale once
         they stood still for stale_after. A late cycle judges neither: a paused scheduler may
         have held the write lock all along, so that the beats it missed were never written."""
+        t.still += 1
         still = mono - t.beats_mono
         evidence = None if late else self._death(row, t, still)
         if evidence is not None:

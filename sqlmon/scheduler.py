@@ -22,7 +22,7 @@ from . import config, flags, hud, identity, liveness, store, stretches
 from . import db as dbmod
 from .backlog import TaskTable
 from .errors import ConfigError, DatabaseError, LeaseLost, SchedulerRunning, SqlmonError
-from .judge import Close, Cycle, Event, Judge, Judged, Observation, WorkerRow
+from .judge import Close, Cycle, Event, Judge, Judged, Observation
 from .migrate import check_database, describe
 from .pacing import pace
 from .walkeeper import WalKeeper
@@ -289,8 +289,6 @@ class Scheduler(multiprocessing.Process):
                 f" (and {before} earlier run{'s' * (before != 1)} never ended)" if before else "",
             )
         self.writes_skipped = 0
-        # Worker -> (beats at the last read, reads in a row that found them unchanged).
-        self._still: dict[str, tuple[int, int]] = {}
         # Of cycles whose write failed, oldest first: written with the next write.
         self._unwritten: list[Event] = []
         self._unwritten_judged: list[Judged] = []
@@ -334,7 +332,7 @@ class Scheduler(multiprocessing.Process):
                 workers = got.workers
                 # The server's connections, to show a remote worker's closed connection: only
                 # those of workers whose beats stand still.
-                suspects = self._suspects(workers)
+                suspects = self.judge.suspects(workers)
                 backends = store.read_backends(self._conn, suspects) if suspects else None
                 if got.backlog is not None:
                     counts, high = self.backlog.counts(got.backlog)
@@ -355,21 +353,6 @@ class Scheduler(multiprocessing.Process):
             stretches=got.stretches,
             backends=backends,
         )
-
-    def _suspects(self, workers: list[WorkerRow]) -> list[int]:
-        """Server pids of the workers with a connection whose beats stood still over the last
-        two reads. A worker that beats at least as often as this scheduler reads never does, so
-        that a fleet beating away costs no look at the server's connections, which takes
-        milliseconds with a thousand of them (a single read without a beat is mere jitter)."""
-        last, self._still = self._still, {}
-        suspects = []
-        for w in workers:
-            beats, reads = last.get(w.worker_id, (w.beats, 0))
-            reads = reads + 1 if beats == w.beats else 0
-            self._still[w.worker_id] = (w.beats, reads)
-            if reads >= 2 and w.backend is not None:
-                suspects.append(int(w.backend.partition("@")[0]))
-        return suspects
 
     def step(self, now: float | None = None, mono: float | None = None) -> Cycle:
         """One cycle: read, judge, write, log. `now` (unix s) and `mono` (s) default to clocks."""

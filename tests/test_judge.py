@@ -283,3 +283,23 @@ def test_a_connection_counts_as_gone_only_in_cycles_that_looked_for_it() -> None
     assert events(look(1003.0, frozenset({4242}))) == []
     c = look(1004.0, frozenset({4242}))
     assert [(j.state, j.evidence) for j in c.judged] == [("dead", "backend_gone")]
+
+
+def test_only_a_worker_whose_beats_stood_still_over_two_reads_is_looked_for() -> None:
+    m = monitor()
+
+    def far(wid: str, beats: int, pid: int) -> WorkerRow:
+        return row(wid, beats=beats)._replace(host="far-away", backend=f"{pid}@7.5")
+
+    assert m.suspects([far("b", 1, 11), far("s", 1, 22)]) == []  # never judged yet
+    # Beats of "s" as read at each cycle; "b" beats every time. Its first read, which shows no
+    # movement, counts as one without a beat.
+    s_beats = [1, 1, 2, 2, 2, 2]
+    looked = []
+    for k, beats in enumerate(s_beats):
+        rows = [far("b", 1 + k, 11), far("s", beats, 22)]
+        looked.append(m.suspects(rows))
+        m.judge(obs(1000 + k, rows), 1000.0 + k, float(k))
+    # Still at reads 0-1: looked for at 1. It beat at 2; one read without a beat (3) is
+    # jitter; from the second (4) on, looked for again. "b" never.
+    assert looked == [[], [22], [], [], [22], [22]]
