@@ -29,7 +29,7 @@ from sqlmon import Heartbeat, Scheduler
 from . import postgres
 from .cycle import POOLS, _cpu_seconds, _rss_mb
 from .sizes import Sizes
-from .stats import median, quantile, ratio
+from .stats import cores, median, quantile, ratio
 
 TRANSITIONS = 0.10  # share of beats that change category
 HOSTS = 20  # host names the fleet's workers are spread over
@@ -407,7 +407,7 @@ def render(r: dict[str, Any]) -> str:
             f" {r['recorded_cycle_median_ms']:.1f} ms",
             f"  CPU of one core: scheduler {r['scheduler_cpu_share']:.1%} (RSS"
             f" {r['scheduler_rss_mb']:.0f} MB), server {r['server_cpu_share']:.1%}, workers"
-            f" {r['workers_cpu_share']:.1%}, other processes {_others(r['others_cpu_share'])}; the"
+            f" {r['workers_cpu_share']:.1%}, other processes {cores(r['others_cpu_share'])}; the"
             f" whole machine {r['machine_busy_share']:.0%} busy (of {os.cpu_count()} cores),"
             f" load average {r['load_average'][0]:.1f} at the start,"
             f" {r['load_average'][1]:.1f} at the end",
@@ -423,9 +423,3 @@ def render(r: dict[str, Any]) -> str:
             f" {r['start_s']:.1f} s",
         ]
     )
-
-
-def _others(share: float) -> str:
-    # The machine's ticks (/proc/stat) and the processes' own (/proc/PID/stat) are sampled
-    # separately and differ by a few % of a core over a minute: below zero means none.
-    return f"{share:.0%}" if share >= 0 else f"none ({share:.0%}, the accounts' own error)"

@@ -28,3 +28,10 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
         return None
     return a / b
+
+
+def cores(share: float) -> str:
+    """Another process's CPU share, as measured from the whole machine's /proc/stat less the
+    processes' own /proc/PID/stat. The two are sampled separately and differ by a few % of a
+    core over a minute: below zero means none."""
+    return f"{share:.0%}" if share >= 0 else f"none ({share:.0%}, the accounts' own error)"

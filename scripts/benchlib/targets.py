@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stats import ratio
+from .stats import cores, ratio
 
 
 def _get(results: dict[str, Any], *path: str) -> Any:
@@ -257,7 +257,7 @@ def judge(r: dict[str, Any]) -> list[dict[str, Any]]:
         f"ms; scheduler CPU {fl['scheduler_cpu_share']:.1%}, server "
         f"{fl['server_cpu_share']:.1%}, workers {fl['workers_cpu_share']:.1%} of a core; "
         f"beats missed {_get(fl, 'beats', 'missed')} of {_get(fl, 'beats', 'attempted'):,}; "
-        f"other processes meanwhile {fl.get('others_cpu_share', 0):.0%} of a core)"
+        f"other processes meanwhile {cores(fl.get('others_cpu_share', 0))} of a core)"
         if x is not None
         else "",
     )
